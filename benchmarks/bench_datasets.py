@@ -22,8 +22,8 @@ from torch import nn
 from dng_tgn.device import resolve_device
 from dng_tgn.data.cnn_zoo_train import sample_configs, sort_by_activation, train_zoo
 from dng_tgn.data.siren_fit import coord_grid, fit_sirens
-from dng_tgn.models.siren import NFNSiren
-from dng_tgn.models.zoo_cnn import ZooCNN
+from dng_tgn.nets.siren import NFNSiren
+from dng_tgn.nets.zoo_cnn import ZooCNN
 
 
 def bench_siren(n: int, steps: int, naive_sirens: int, device, side: int = 28) -> dict:

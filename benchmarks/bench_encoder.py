@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import dng_tgn
 from dng_tgn._dgl import dgl_supports
-from dng_tgn.models import NFNSiren
+from dng_tgn.nets import NFNSiren
 from dng_tgn.nn import DNGEncoder, ExecutionPath
 
 PAPER_TABLE5 = {"INR2JLS (DNG)": (0.0047, 1.31), "NG-GNN": (0.0124, 2.13)}

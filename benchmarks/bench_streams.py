@@ -16,7 +16,7 @@ import time
 import torch
 
 import dng_tgn
-from dng_tgn.models import NFNSiren, ZooCNN
+from dng_tgn.nets import NFNSiren, ZooCNN
 
 
 def timed(fn, repeats):

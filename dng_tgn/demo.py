@@ -23,7 +23,7 @@ def main(argv=None) -> None:
     import matplotlib.pyplot as plt
 
     import dng_tgn
-    from dng_tgn.models import NFNSiren, SimpleViT, ZooCNN
+    from dng_tgn.nets import NFNSiren, SimpleViT, ZooCNN
 
     torch.manual_seed(args.seed)
     out = Path(args.out)

@@ -7,7 +7,7 @@ import dng_tgn
 from dng_tgn import (
     EmptyModelError, MissingParameterError, NonFiniteWeightsError, ShapeMismatchError, UnsupportedLayerError,
 )
-from dng_tgn.models import NFNSiren, ZooCNN
+from dng_tgn.nets import NFNSiren, ZooCNN
 from _networks import mlp, residual_cnn
 
 

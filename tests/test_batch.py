@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import dng_tgn
-from dng_tgn.models import NFNSiren, SimpleViT, ZooCNN
+from dng_tgn.nets import NFNSiren, SimpleViT, ZooCNN
 
 
 def streams_mixed():

@@ -14,7 +14,7 @@ from dng_tgn.data import build_cnn_zoo
 from dng_tgn.data.cnn_zoo_train import (MultiOptimizer, ZooBatch, forward, init_params, sample_configs,
                                         sort_by_activation)
 from dng_tgn.data.sources import load_digits, to_signed
-from dng_tgn.models.zoo_cnn import ZooCNN
+from dng_tgn.nets.zoo_cnn import ZooCNN
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -12,7 +12,7 @@ from dng_tgn.data import build_inrs
 from dng_tgn.data.siren_fit import (coord_grid, fit_sirens, images_to_targets, init_sirens, psnr, render_dwsnets,
                                     render_nfn, siren_forward, to_state_dicts)
 from dng_tgn.data.sources import load_digits, to_signed
-from dng_tgn.models.siren import DWSNetsSiren, NFNSiren
+from dng_tgn.nets.siren import DWSNetsSiren, NFNSiren
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

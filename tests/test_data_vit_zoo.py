@@ -10,7 +10,7 @@ from dng_tgn.data import CorruptShardError, ViTZooDataset
 from dng_tgn.data import build_vit_zoo
 from dng_tgn.data.sources import load_digits, to_signed
 from dng_tgn.data.vit_zoo import StackedViTs, make_models, train_vits, vit_split
-from dng_tgn.models.simple_vit import SimpleViT
+from dng_tgn.nets.simple_vit import SimpleViT
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

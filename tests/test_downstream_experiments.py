@@ -19,7 +19,7 @@ import torch
 
 from dng_tgn.data.siren_fit import init_sirens, to_state_dicts
 from dng_tgn.data.zoo_format import state_dict_to_row, zoo_cnn_layout
-from dng_tgn.models import SimpleViT, ZooCNN
+from dng_tgn.nets import SimpleViT, ZooCNN
 from dng_tgn.training import (Checkpoint, EncoderKind, EpochSampler, kendall_tau, load_checkpoint, r2_score,
                               save_checkpoint)
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import dng_tgn
-from dng_tgn.models import NFNSiren, SimpleViT, ZooCNN
+from dng_tgn.nets import NFNSiren, SimpleViT, ZooCNN
 from dng_tgn.nn import ConcatReadout, DNGEncoder, ExecutionPath
 
 D, F, TOL = 32, 16, 1e-5

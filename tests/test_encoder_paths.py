@@ -7,7 +7,7 @@ from torch import nn
 
 import dng_tgn
 from dng_tgn._dgl import HAS_DGL, dgl_supports
-from dng_tgn.models import NFNSiren, SimpleViT, ZooCNN
+from dng_tgn.nets import NFNSiren, SimpleViT, ZooCNN
 from dng_tgn.nn import ConcatReadout, DNGEncoder, EncoderOutput, ExecutionPath, MeanReadout, resolve_path
 
 D, F = 24, 16

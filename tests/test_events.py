@@ -8,7 +8,7 @@ import torch
 
 import dng_tgn
 from dng_tgn.graph import Op
-from dng_tgn.models import NFNSiren
+from dng_tgn.nets import NFNSiren
 from _networks import mlp
 
 

@@ -5,7 +5,7 @@ import torch
 
 import dng_tgn
 from dng_tgn.graph.features import RandomFourierFeatures, initial_features
-from dng_tgn.models import NFNSiren, ZooCNN
+from dng_tgn.nets import NFNSiren, ZooCNN
 
 
 def test_rff_definition():

@@ -9,7 +9,7 @@ import dng_tgn
 from dng_tgn.graph.batch import StepBatch
 from dng_tgn.graph.events import EdgeKind, NodeKind
 from dng_tgn.graph.features import RandomFourierFeatures
-from dng_tgn.models import NFNSiren, SimpleViT, ZooCNN
+from dng_tgn.nets import NFNSiren, SimpleViT, ZooCNN
 from dng_tgn.nn import (
     DNGEncoder, DNGMemory, EdgeFeatures, ExecutionPath, MemoryUpdater, MessageFunction, MultiHeadMessage, TorchStepOps,
 )

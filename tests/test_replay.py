@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import dng_tgn
-from dng_tgn.models import DWSNetsSiren, NFNSiren, SimpleViT, ZooCNN
+from dng_tgn.nets import DWSNetsSiren, NFNSiren, SimpleViT, ZooCNN
 from _networks import flatten_cnn, mlp, residual_cnn
 
 TOL = dict(atol=1e-5, rtol=1e-5)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils.data import Dataset
 
-from dng_tgn.models.simple_vit import SimpleViT
+from dng_tgn.nets.simple_vit import SimpleViT
 
 from .shards import torch_load
 

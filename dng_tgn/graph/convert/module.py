@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ShapeMismatchError, UnsupportedLayerError
-from ...models.siren import Sine as SineModule
+from ...nets.siren import Sine as SineModule
 from .. import transforms as T
 from ..builder import StreamBuilder
 from ..edge_ops import Conv, Dense, FlattenDense, Identity
