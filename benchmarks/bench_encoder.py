@@ -89,12 +89,12 @@ def ng_runner(model, batch, backward: bool):
     return run
 
 
-def matched_ng_gnn(target: int, fourier_size: int, use_dgl: bool | None):
+def matched_ng_gnn(target: int, fourier_size: int, path: ExecutionPath | None):
     """The NG-GNN width whose parameter count is closest to ``target``."""
     from dng_tgn.baselines import NGGNN
 
     def build(d):
-        return NGGNN(hidden_dim=d, num_layers=4, out_dim=d, fourier_size=fourier_size, use_dgl=use_dgl)
+        return NGGNN(hidden_dim=d, num_layers=4, out_dim=d, fourier_size=fourier_size, path=path)
 
     lo, hi = 4, 2048  # the count grows with d: bisect for the last width not above the target
     while lo < hi:
@@ -146,12 +146,12 @@ def main(argv=None):
         record(f"DNG-Encoder [{p.value} path]", tb, t1, f_fwd, f_fb, n_params)
 
     if not args.skip_ng_gnn:
-        for use_dgl in ([True] if dgl_supports(device) else []) + [False]:
-            ng, width = matched_ng_gnn(n_params, args.fourier_size, use_dgl)
+        for path in paths:
+            ng, width = matched_ng_gnn(n_params, args.fourier_size, path)
             ng.to(device)
-            name = f"NG-GNN d={width} [{'DGL' if use_dgl else 'torch'}]"
-            if use_dgl:  # count FLOPs on a torch-path twin with the same weights
-                twin, _ = matched_ng_gnn(n_params, args.fourier_size, False)
+            name = f"NG-GNN d={width} [{'DGL' if path is ExecutionPath.DGL else 'torch'}]"
+            if path is not torch_path:  # count FLOPs on a torch-path twin with the same weights
+                twin, _ = matched_ng_gnn(n_params, args.fourier_size, torch_path)
                 twin.load_state_dict(ng.state_dict())
                 ff, fb = (lambda: flops(ng_runner(twin, batch, False))), (lambda: flops(ng_runner(twin, batch, True)))
             else:

@@ -36,7 +36,8 @@ Other rules this module enforces, each from a failure seen in practice:
 Usage in an experiment module (run as ``python -m experiments.foo with lr=0.01``,
 optionally ``--mongo mongodb://127.0.0.1:27017/dng_tgn``)::
 
-    from dng_tgn.tracking import make_experiment, log_figure, device
+    from dng_tgn.device import default_device
+    from dng_tgn.tracking import make_experiment, log_figure
 
     ex = make_experiment("foo")
 
@@ -46,7 +47,7 @@ optionally ``--mongo mongodb://127.0.0.1:27017/dng_tgn``)::
 
     @ex.automain
     def main(_run, lr):
-        dev = device()
+        dev = default_device()
         ...
         _run.log_scalar("train.loss", loss, step)
         log_figure(_run, fig, "loss_curve.png")
@@ -85,7 +86,6 @@ __all__ = [
     "ping_mongo",
     "to_python",
     "log_figure",
-    "device",
 ]
 
 ENV_MONGO_URL = "DNG_MONGO_URL"
@@ -386,9 +386,3 @@ def log_figure(run, fig, name: str, dpi: int = 100, close: bool = False) -> str:
         plt.close(fig)
     return name
 
-
-def device():
-    """``torch.device("cuda")`` when a GPU is usable, else ``torch.device("cpu")``."""
-    from .device import default_device
-
-    return default_device()

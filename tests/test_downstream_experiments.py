@@ -20,8 +20,8 @@ import torch
 from dng_tgn.data.siren_fit import init_sirens, to_state_dicts
 from dng_tgn.data.zoo_format import state_dict_to_row, zoo_cnn_layout
 from dng_tgn.nets import SimpleViT, ZooCNN
-from dng_tgn.training import (Checkpoint, EncoderKind, EpochSampler, kendall_tau, load_checkpoint, r2_score,
-                              save_checkpoint)
+from dng_tgn.nn.factory import EncoderKind, build_encoder
+from dng_tgn.training import Checkpoint, EpochSampler, kendall_tau, load_checkpoint, r2_score, save_checkpoint
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -77,9 +77,10 @@ def write_vit_zoo(root: Path, n=20, seed=0) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def run(ex, **config):
+def run(ex, runtime=None, **config):
     # one thread: the CI box is shared, and threads spinning on tiny matrices are what makes it slow
-    r = ex.run(config_updates=dict(device="cpu", num_threads=1, **config), options={"--capture": "no"})
+    config["runtime"] = dict(device="cpu", num_threads=1, **(runtime or {}))
+    r = ex.run(config_updates=config, options={"--capture": "no"})
     return r, Path(r.observers[0].dir)
 
 
@@ -89,8 +90,13 @@ def metrics(run_dir: Path) -> dict:
 
 TINY_DNG = dict(memory_dim=8, fourier_size=4)
 TINY_NG = dict(hidden_dim=8, num_layers=1, out_dim=8, fourier_size=4)
-TINY_GEN = dict(dng=dict(TINY_DNG, head_dim=4), ng_gnn=TINY_NG, head_hidden=8, batch_size=4, eval_batch_size=8,
-                steps=4, eval_every=2, patience=None)
+TINY_ENC = dict(dng=dict(TINY_DNG, head_dim=4), ng_gnn=TINY_NG)
+TINY_OPTIM = dict(batch_size=4, steps=4, eval_every=2, patience=None)
+
+
+def tiny_gen(root, kind="dng", steps=4, **runtime):
+    return dict(data=dict(root=str(root)), encoder=dict(TINY_ENC, kind=kind), head=dict(hidden=8),
+                optim=dict(TINY_OPTIM, steps=steps), runtime=dict(eval_batch_size=8, **runtime))
 
 
 # ------------------------------------------------------------------------------------------------ INR2JLS
@@ -99,16 +105,19 @@ def inr_root(tmp_path_factory):
     return write_inr_set(tmp_path_factory.mktemp("inrs"))
 
 
-INR_TINY = dict(dng=TINY_DNG, ng_gnn=TINY_NG, spatial_dim=8, latent_dim=4, decoder_channels=4, recon_batch_size=4,
-                recon_eval_every=2, cls_steps=4, cls_batch_size=4, cls_eval_every=2, cls_conv_channels=4, cls_hidden=8,
-                eval_batch_size=8, num_figure_images=3)
+def inr_tiny(root, kind="dng", recon_steps=4, augment=False, **runtime):
+    return dict(data=dict(root=str(root)), encoder=dict(kind=kind, dng=TINY_DNG, ng_gnn=TINY_NG),
+                model=dict(spatial_dim=8, latent_dim=4, decoder_channels=4, augment=augment),
+                recon=dict(steps=recon_steps, batch_size=4, eval_every=2),
+                cls=dict(steps=4, batch_size=4, eval_every=2), classifier=dict(conv_channels=4, hidden=8),
+                runtime=dict(eval_batch_size=8, **runtime), num_figure_images=3)
 
 
 @pytest.mark.parametrize("encoder", ["dng", "ng_gnn"])
 def test_inr2jls_end_to_end(inr_root, encoder):
     from experiments.inr2jls import ex
 
-    r, d = run(ex, data_root=str(inr_root), encoder=encoder, recon_steps=4, **INR_TINY)
+    r, d = run(ex, **inr_tiny(inr_root, encoder))
     m = metrics(d)
     assert m["recon.train.loss"]["steps"] == [1, 2, 3, 4]
     assert m["recon.val.mse"]["steps"] == [2, 4] and m["cls.val.accuracy"]["steps"] == [2, 4]
@@ -125,9 +134,9 @@ def test_inr2jls_end_to_end(inr_root, encoder):
 def test_inr2jls_augmentation_and_resume(inr_root):
     from experiments.inr2jls import ex
 
-    _, first = run(ex, data_root=str(inr_root), recon_steps=4, augment=True, **INR_TINY)
+    _, first = run(ex, **inr_tiny(inr_root, augment=True))
     assert load_checkpoint(first / "inr2jls_recon.pt").step == 4
-    r, second = run(ex, data_root=str(inr_root), recon_steps=6, augment=True, resume=str(first), **INR_TINY)
+    r, second = run(ex, **inr_tiny(inr_root, recon_steps=6, augment=True, resume=str(first)))
     m = metrics(second)
     # the second run only takes the steps the first did not: 5 and 6
     assert m["recon.train.loss"]["steps"] == [5, 6]
@@ -142,11 +151,9 @@ def test_inr2jls_errors_name_the_fix(tmp_path, inr_root):
     from experiments.inr2jls import ex
 
     with pytest.raises(FileNotFoundError, match="build_inrs"):
-        run(ex, data_root=str(tmp_path / "nowhere"))
-    with pytest.raises(ValueError, match="'dng', 'ng_gnn'"):
-        run(ex, data_root=str(inr_root), encoder="gnn", **INR_TINY)
+        run(ex, data=dict(root=str(tmp_path / "nowhere")))
     with pytest.raises(FileNotFoundError, match="inr2jls_recon.pt"):
-        run(ex, data_root=str(inr_root), resume=str(tmp_path), **INR_TINY)
+        run(ex, **inr_tiny(inr_root, resume=str(tmp_path)))
 
 
 # ------------------------------------------------------------------------------------------------ CNN / ViT
@@ -155,7 +162,7 @@ def test_cnn_generalization_end_to_end(tmp_path, encoder):
     from experiments.cnn_generalization import ex
 
     root = write_cnn_zoo(tmp_path / "zoo")
-    r, d = run(ex, data_root=str(root), encoder=encoder, **TINY_GEN)
+    r, d = run(ex, **tiny_gen(root, encoder))
     m = metrics(d)
     assert m["cnn_generalization.train.loss"]["steps"] == [1, 2, 3, 4]
     assert m["cnn_generalization.val.kendall_tau"]["steps"] == [2, 4]
@@ -171,8 +178,8 @@ def test_cnn_generalization_resume(tmp_path):
     from experiments.cnn_generalization import ex
 
     root = write_cnn_zoo(tmp_path / "zoo")
-    _, first = run(ex, data_root=str(root), **TINY_GEN)
-    r, second = run(ex, data_root=str(root), resume=str(first), **dict(TINY_GEN, steps=6))
+    _, first = run(ex, **tiny_gen(root))
+    r, second = run(ex, **tiny_gen(root, steps=6, resume=str(first)))
     assert metrics(second)["cnn_generalization.train.loss"]["steps"] == [5, 6]
     assert r.result["resumed_from_step"] == 4 and load_checkpoint(second / "cnn_generalization.pt").step == 6
 
@@ -182,7 +189,7 @@ def test_vit_generalization_end_to_end(tmp_path, encoder):
     from experiments.vit_generalization import ex
 
     root = write_vit_zoo(tmp_path / "vits")
-    r, d = run(ex, data_root=str(root), encoder=encoder, **TINY_GEN)
+    r, d = run(ex, **tiny_gen(root, encoder))
     m = metrics(d)
     assert m["vit_generalization.train.loss"]["steps"] == [1, 2, 3, 4]
     assert -1.0 <= m["test.kendall_tau"]["values"][0] <= 1.0
@@ -200,13 +207,13 @@ def test_generalization_run_reaches_mongodb(tmp_path, mongo_server):
 
     root = write_cnn_zoo(tmp_path / "zoo")
     db_name = f"test_downstream_{tmp_path.name[-12:]}"
-    r = ex.run(config_updates=dict(device="cpu", num_threads=1, data_root=str(root), **TINY_GEN),
+    r = ex.run(config_updates=tiny_gen(root, device="cpu", num_threads=1),
                options={"--capture": "no", "--mongo": f"{mongo_server}/{db_name}"})
     client = pymongo.MongoClient(mongo_server, serverSelectionTimeoutMS=2000)
     try:
         db = client[db_name]
         doc = db.runs.find_one({"_id": r._id})
-        assert doc["status"] == "COMPLETED" and doc["config"]["encoder"] == "dng"
+        assert doc["status"] == "COMPLETED" and doc["config"]["encoder"]["kind"] == "dng"
         loss = db.metrics.find_one({"run_id": r._id, "name": "cnn_generalization.train.loss"})
         assert loss["steps"] == [1, 2, 3, 4]
         tau = db.metrics.find_one({"run_id": r._id, "name": "test.kendall_tau"})
@@ -221,10 +228,10 @@ def test_missing_zoo_names_the_builder(tmp_path):
     from experiments.cnn_generalization import ex
 
     with pytest.raises(FileNotFoundError, match="build_cnn_zoo"):
-        run(ex, data_root=str(tmp_path / "nowhere"))
+        run(ex, data=dict(root=str(tmp_path / "nowhere")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="build_cnn_zoo"):
-        run(ex, data_root=str(tmp_path / "empty"))
+        run(ex, data=dict(root=str(tmp_path / "empty")))
 
 
 # ------------------------------------------------------------------------------------------------ utilities
@@ -249,7 +256,7 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("dng_tgn.training.os.replace", broken)
+    monkeypatch.setattr("dng_tgn.data.shards.os.replace", broken)
     with pytest.raises(OSError):
         save_checkpoint(path, Checkpoint(step=4, model={"w": torch.zeros(2)}, optimizer={}))
     assert load_checkpoint(path).step == 3  # the old checkpoint survives a failed save
@@ -294,7 +301,6 @@ def test_inr2jls_features_ignore_hidden_neuron_order():
     """Permuting a SIREN's hidden neurons leaves the function, hence F (the joint latent), unchanged (App. B/C)."""
     from dng_tgn import batch_state_dicts
     from dng_tgn.nn.inr2jls import INR2JLS
-    from dng_tgn.training import build_encoder
 
     torch.manual_seed(0)
     sd, other = to_state_dicts(init_sirens(2, 1, generator=torch.Generator().manual_seed(1)))
@@ -312,3 +318,43 @@ def test_inr2jls_features_ignore_hidden_neuron_order():
     assert not torch.allclose(out.features[0], out.features[2], atol=1e-3)  # yet another INR is told apart
     with pytest.raises(ValueError, match="divisible by 4"):
         INR2JLS(enc, (1, 10, 10))
+
+
+# ------------------------------------------------------------------------------------------------ shared config
+EXPERIMENTS = ["inr2jls", "cnn_generalization", "vit_generalization", "static_vs_dynamic"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_print_config_is_clean_and_shares_the_ingredients(name, capsys):
+    import importlib
+    import warnings as w
+
+    ex = importlib.import_module(f"experiments.{name}").ex
+    with w.catch_warnings():
+        w.simplefilter("error")  # e.g. Sacred's "Added new config entry" would mean a key without a default
+        ex.run("print_config", options={"--unobserved": True})
+    out = capsys.readouterr().out
+    assert "runtime:" in out and "device =" in out and "path = None" in out
+    if name != "static_vs_dynamic":
+        assert "encoder:" in out and "kind = 'dng'" in out
+
+
+@pytest.mark.parametrize("name,bad,match", [
+    ("cnn_generalization", {"encoder": {"kind": "foo"}}, r"encoder.kind='foo'.*'dng', 'ng_gnn'"),
+    ("inr2jls", {"encoder": {"kind": "gnn"}}, r"encoder.kind='gnn'.*'dng', 'ng_gnn'"),
+    ("vit_generalization", {"runtime": {"path": "cuda"}}, r"runtime.path='cuda'.*'dgl', 'torch'"),
+    ("static_vs_dynamic", {"runtime": {"path": "fast"}}, r"runtime.path='fast'.*'dgl', 'torch'"),
+])
+def test_unknown_choice_fails_before_any_run_directory(runs_dir, name, bad, match):
+    import importlib
+
+    from experiments.ingredients import ConfigChoiceError
+
+    ex = importlib.import_module(f"experiments.{name}").ex
+    with pytest.raises(ConfigChoiceError, match=match):
+        ex.run(config_updates=bad)
+    assert not (runs_dir / name).exists() or not any((runs_dir / name).iterdir())
+    # negative control: a valid choice does create the run (and its directory) when it runs
+    if name == "static_vs_dynamic":
+        r = ex.run(named_configs=["tiny"], config_updates={"runtime": {"path": "torch", "device": "cpu"}})
+        assert Path(r.observers[0].dir).is_dir()

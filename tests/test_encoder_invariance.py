@@ -47,7 +47,7 @@ def _check(enc, model, perm_model, hidden: dict[str, torch.Tensor]):
     stream = dng_tgn.to_event_stream(model)
     for name, perm in hidden.items():
         sl = _group(stream, name)
-        orig, new = a.memory[sl], b.memory[sl]
+        orig, new = a.node_memory[sl], b.node_memory[sl]
         assert (new - orig[perm]).abs().max() <= TOL, f"memories of '{name}' do not permute with the neurons"
         assert not torch.allclose(orig, orig[perm]), f"'{name}': the permutation is trivial for this network"
 
@@ -79,7 +79,7 @@ def test_cnn_hidden_permutation(path):
     perm = _permuted(model, edits)
     x = torch.randn(4, 1, 16, 16)
     torch.testing.assert_close(model(x), perm(x))
-    enc = DNGEncoder(D, num_heads=9, head_dim=8, fourier_size=F, max_timestamps=4, readout=ConcatReadout(10), path=path, device="cpu")
+    enc = DNGEncoder(D, message_heads=9, head_dim=8, fourier_size=F, max_timestamps=4, readout=ConcatReadout(10), path=path, device="cpu")
     _check(enc, model, perm, {f"convs.{i}": p for i, p in enumerate(perms)})
 
 
@@ -130,8 +130,8 @@ def test_vit_hidden_permutation(path):
     for block, head_perm, qk, v in head_perms:
         for role, within in (("q", qk), ("k", qk), ("v", v)):
             for h in range(heads):
-                new = b.memory[_group(stream, f"transformer.layers.{block}.{role}{h}")]
-                old = a.memory[_group(stream, f"transformer.layers.{block}.{role}{int(head_perm[h])}")]
+                new = b.node_memory[_group(stream, f"transformer.layers.{block}.{role}{h}")]
+                old = a.node_memory[_group(stream, f"transformer.layers.{block}.{role}{int(head_perm[h])}")]
                 assert (new - old[within[h]]).abs().max() <= TOL
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import dng_tgn
-from dng_tgn.graph import Op
+from dng_tgn.graph import Op, Snapshot, stream_to_networkx
 from dng_tgn.nets import NFNSiren
 from _networks import mlp
 
@@ -70,12 +70,26 @@ def test_snapshot_exports_to_dgl(stream):
 def test_timestamp_out_of_range(stream):
     with pytest.raises(IndexError, match="t\\^0..t\\^4"):
         stream.snapshot(5)
+    for t in (-1, 5):
+        with pytest.raises(IndexError, match="t\\^0..t\\^4"):
+            Snapshot.at(stream, t)
+
+
+def test_snapshot_at_is_stream_snapshot(stream):
+    for t in range(stream.num_timestamps + 1):
+        a, b = Snapshot.at(stream, t), stream.snapshot(t)
+        assert a.t == b.t == t and a.stream is b.stream is stream
+        for name in ("node_ids", "edge_ids", "src", "dst", "edge_weight", "edge_kind", "edge_span"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
 def test_networkx_export_and_drawing():
     s = dng_tgn.to_event_stream(NFNSiren())
     g = s.to_networkx()
     assert g.number_of_nodes() == 2 + 32 + 32 + 1
+    h = stream_to_networkx(s)
+    assert dict(g.nodes(data=True)) == dict(h.nodes(data=True))
+    assert list(g.edges(keys=True, data=True)) == list(h.edges(keys=True, data=True))
     assert g.number_of_edges() == 2 * 32 + 32 * 32 + 32
     ts = {d["t"] for _, _, d in g.edges(data=True)}
     assert ts == {1, 2, 3}

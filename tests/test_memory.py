@@ -47,7 +47,7 @@ def test_multi_head_message_is_eq5():
     torch.manual_seed(0)
     n_heads, head_dim = 4, 5
     step = _toy_step(slots=n_heads)
-    msg = MultiHeadMessage(edge_dim=6, memory_dim=D, message_dim=10, num_heads=n_heads, head_dim=head_dim)
+    msg = MultiHeadMessage(edge_dim=6, memory_dim=D, message_dim=10, message_heads=n_heads, head_dim=head_dim)
     s = torch.randn(3, D)
     e = torch.randn(step.num_edges, n_heads, 6)
     got = msg(TorchStepOps(step), s, e)
@@ -125,7 +125,7 @@ def test_memory_matches_hand_written_forward_pass():
     ref = _reference_mlp_memory(mem, model)
     for (name, layer_ref) in zip(("net.0.linear", "net.1.linear", "net.2"), ref):
         g = next(g for g in stream.node_groups if g.name == name)
-        torch.testing.assert_close(state.memory[g.offset : g.offset + g.size], layer_ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(state.node_memory[g.offset : g.offset + g.size], layer_ref, atol=1e-5, rtol=1e-5)
 
 
 def test_each_node_is_written_once_at_its_timestamp():
@@ -162,7 +162,7 @@ def test_network_memory_does_not_depend_on_its_batch():
     torch.manual_seed(0)
     siren = dng_tgn.to_event_stream(NFNSiren(hidden=8))
     cnn = dng_tgn.to_event_stream(ZooCNN(channels=4))
-    enc = DNGEncoder(D, num_heads=9, head_dim=4, fourier_size=F, max_timestamps=4, device="cpu")
+    enc = DNGEncoder(D, message_heads=9, head_dim=4, fourier_size=F, max_timestamps=4, device="cpu")
     alone = enc([siren]).embedding
     mixed = enc([cnn, siren, cnn]).embedding  # K=9 batch: the SIREN is zero-padded either way
     torch.testing.assert_close(mixed[1:2], alone, atol=1e-5, rtol=1e-5)
@@ -182,7 +182,7 @@ def test_clear_errors_for_streams_the_encoder_was_not_built_for():
     siren = dng_tgn.to_event_stream(NFNSiren(hidden=8))
     with pytest.raises(ValueError, match="max_timestamps=2"):
         DNGEncoder(D, fourier_size=F, max_timestamps=2, device="cpu")([siren])
-    with pytest.raises(ValueError, match="num_heads >= 9"):
+    with pytest.raises(ValueError, match="message_heads >= 9"):
         DNGEncoder(D, fourier_size=F, max_timestamps=4, device="cpu")([dng_tgn.to_event_stream(ZooCNN(channels=4))])
     vit = dng_tgn.to_event_stream(SimpleViT(dim=8, heads=2, dim_head=4, mlp_dim=8))
     with pytest.raises(ValueError, match="49 inputs.*max_inputs=16"):

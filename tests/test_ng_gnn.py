@@ -1,4 +1,7 @@
-"""NG-GNN (Kofinas et al. 2024) and the §7 static/dynamic pair: shapes, symmetry, DGL vs torch."""
+"""NG-GNN (Kofinas et al. 2024) and the §7 static/dynamic pair: shapes, symmetry, the segment reductions.
+
+Whole-model DGL-vs-torch agreement (outputs and gradients) is in test_encoder_paths.py, beside the encoder's.
+"""
 from __future__ import annotations
 
 import pytest
@@ -8,8 +11,8 @@ from torch import nn
 import dng_tgn
 from dng_tgn._dgl import HAS_DGL
 from dng_tgn.baselines import NGGNN, DynamicMPNN, StaticMPNN, node_layer_index, output_position, union_edges
-from dng_tgn.baselines.ng_gnn import segment_pna, segment_sum
 from dng_tgn.graph.events import NodeKind
+from dng_tgn.nn import ExecutionPath, segment_pna, segment_sum
 
 from _networks import mlp, residual_cnn
 
@@ -147,39 +150,28 @@ def test_segment_reductions_dgl_equals_torch():
     e, n = 500, 40
     src, dst = torch.randint(0, n, (e,)), torch.randint(0, n - 5, (e,))  # the last 5 nodes receive nothing
     m = torch.randn(e, 6)
-    a = segment_sum(m, src, dst, n, n, use_dgl=True)
-    b = segment_sum(m, src, dst, n, n, use_dgl=False)
-    assert torch.allclose(a, b, atol=1e-5)
-    pa, da = segment_pna(m, src, dst, n, n, use_dgl=True)
-    pb, db = segment_pna(m, src, dst, n, n, use_dgl=False)
+    weight = torch.randn(n, 4 * 6)  # a fixed random loss, so every aggregator's backward is compared
+    results = {}
+    for path in ExecutionPath:
+        x = m.clone().requires_grad_()
+        s = segment_sum(x, src, dst, n, n, path)
+        pna, deg = segment_pna(x, src, dst, n, n, path)
+        ((s * weight[:, :6]).sum() + (pna * weight).sum()).backward()
+        results[path] = s, pna, deg, x.grad
+    (sa, pa, da, ga), (sb, pb, db, gb) = results[ExecutionPath.DGL], results[ExecutionPath.TORCH]
+    assert torch.allclose(sa, sb, atol=1e-5)
     assert torch.allclose(pa, pb, atol=1e-5) and torch.equal(da, db)
+    assert torch.allclose(ga, gb, atol=1e-5)
     assert torch.isfinite(pa).all() and (pa[-5:] == 0).all()
 
 
-@needs_dgl
-def test_models_dgl_path_equals_torch_path():
-    batch = mlp_batch()
-    torch.manual_seed(0)
-    model = NGGNN(hidden_dim=16, num_layers=3, fourier_size=8, use_dgl=True)
-    out_dgl = model(batch)
-    out_dgl.graph.sum().backward()
-    g_dgl = [p.grad.clone() for p in model.parameters() if p.grad is not None]
-    model.zero_grad()
-    model.use_dgl = False
-    out_torch = model(batch)
-    out_torch.graph.sum().backward()
-    g_torch = [p.grad.clone() for p in model.parameters() if p.grad is not None]
-    assert (out_dgl.graph - out_torch.graph).abs().max() <= 1e-5
-    assert (out_dgl.node - out_torch.node).abs().max() <= 1e-5
-    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(g_dgl, g_torch))
-
-    inputs = torch.randn(3, 3)
-    for cls in (StaticMPNN, DynamicMPNN):
-        torch.manual_seed(0)
-        m = cls(hidden_dim=8, num_layers=4, fourier_size=4, use_dgl=True)
-        a = m(batch, inputs)
-        m.use_dgl = False
-        assert (a - m(batch, inputs)).abs().max() <= 1e-5
+def test_segment_reductions_need_a_resolved_path():
+    m, idx = torch.randn(3, 2), torch.tensor([0, 1, 1])
+    for fn in (segment_sum, segment_pna):
+        with pytest.raises(TypeError, match="resolved ExecutionPath"):
+            fn(m, idx, idx, 2, 2, None)
+        with pytest.raises(TypeError, match="resolved ExecutionPath"):
+            fn(m, idx, idx, 2, 2, False)
 
 
 def test_input_nodes_carry_the_sampled_input():

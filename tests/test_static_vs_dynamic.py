@@ -18,10 +18,11 @@ from dng_tgn.tracking import MongoUnreachableWarning
 # (unlike `python -m pytest`) does not put the repository root on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import experiments.static_vs_dynamic as sv  # noqa: E402
+from dng_tgn.data.activations import ActivationData  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_NAME = "static_vs_dynamic_mse.png"
-TINY = {"device": "cpu"}
+TINY = {"runtime": {"device": "cpu"}}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -50,7 +51,7 @@ def check_on_disk(run_dir):
 
 
 def test_targets_are_the_mlp_forward_pass():
-    data = sv.ActivationData(3, [2, 4, 4, 3], "tanh", 1.5, 0.5, inputs_per_mlp=2, seed=0)
+    data = ActivationData(3, [2, 4, 4, 3], "tanh", 1.5, 0.5, inputs_per_mlp=2, seed=0)
     batch, inputs, targets = data.batch(torch.tensor([2, 0]))
     assert batch.num_graphs == 4 and inputs.shape == (4, 2)
     layer = node_layer_index(batch)
@@ -86,7 +87,7 @@ def test_run_config_metrics_and_png_reach_mongodb(mongo_server, isolated_env):
     db_name = f"test_{uuid.uuid4().hex[:12]}"
     with warnings.catch_warnings():
         warnings.simplefilter("error", MongoUnreachableWarning)
-        run = sv.ex.run(named_configs=["tiny"], config_updates={**TINY, "lr": 0.002},
+        run = sv.ex.run(named_configs=["tiny"], config_updates={**TINY, "optim": {"lr": 0.002}},
                         options={"--mongo": f"{mongo_server}/{db_name}"})
     assert run.status == "COMPLETED"
     client = pymongo.MongoClient(mongo_server, serverSelectionTimeoutMS=2000)
@@ -95,7 +96,7 @@ def test_run_config_metrics_and_png_reach_mongodb(mongo_server, isolated_env):
         doc = db.runs.find_one({"_id": run._id})
         assert doc is not None and doc["status"] == "COMPLETED"
         assert doc["experiment"]["name"] == "static_vs_dynamic"
-        assert doc["config"]["lr"] == 0.002 and doc["config"]["n_train"] == 8
+        assert doc["config"]["optim"]["lr"] == 0.002 and doc["config"]["data"]["n_train"] == 8
         assert set(doc["info"]["results"]) == {"static", "dynamic"}
         for name in ("static", "dynamic"):
             loss = db.metrics.find_one({"run_id": run._id, "name": f"{name}.train.loss"})
@@ -113,6 +114,6 @@ def test_run_config_metrics_and_png_reach_mongodb(mongo_server, isolated_env):
 
 def test_bad_config_values_fail_clearly():
     with pytest.raises(ValueError, match="activation"):
-        sv.ActivationData(2, [2, 3], "swish", 1.0, 0.1, 1, 0)
+        ActivationData(2, [2, 3], "swish", 1.0, 0.1, 1, 0)
     with pytest.raises(ValueError, match="unknown models"):
         sv.ex.run(named_configs=["tiny"], config_updates={**TINY, "models": ["static", "gat"]})

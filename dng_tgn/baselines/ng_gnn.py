@@ -21,9 +21,11 @@ What makes it Kofinas et al.'s encoder rather than a plain MPNN:
 * **Both directions.** By default a reversed copy of every edge (with a direction embedding) is added, so
   information also flows from later layers to earlier ones and the graph readout sees the whole network.
 
-Message passing runs through DGL's fused kernels when :func:`dng_tgn._dgl.dgl_supports` says the device
-is supported, else through ``index_add_``/``scatter_reduce``; the two paths agree to float tolerance and
-``use_dgl`` selects one explicitly (tests compare them).
+The aggregation runs on the package's one execution switch, ``path=`` (:class:`~dng_tgn.nn.ExecutionPath`,
+resolved by :func:`~dng_tgn.nn.resolve_path` exactly as for the DNG-Encoder), through the edge-list
+reductions of :mod:`dng_tgn.nn.segment`: DGL's fused kernels where they run on the device, else
+``index_add``/``scatter_reduce``. The two agree to float tolerance, so the baseline and the DNG-Encoder can be
+timed on the same path; the tests compare them.
 """
 from __future__ import annotations
 
@@ -33,73 +35,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._dgl import dgl, dgl_supports
 from ..graph.batch import StreamBatch
 from ..graph.events import NUM_NODE_SLOTS, EdgeKind, NodeKind
 from ..graph.features import NodeFeaturizer, RandomFourierFeatures
+from ..nn.paths import ExecutionPath, resolve_path, validate_path
+from ..nn.segment import segment_pna
 
 __all__ = [
     "NGGNN", "NGGNNOutput", "PNAEdgeLayer", "EdgeList", "union_edges", "node_layer_index", "output_position",
-    "segment_sum", "segment_pna", "resolve_use_dgl",
 ]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Aggregation: one function per reduction, each with a DGL path and a pure-torch path that agree.
-# ----------------------------------------------------------------------------------------------------------
-def resolve_use_dgl(use_dgl: bool | None, device: torch.device) -> bool:
-    """``None`` means "DGL if it can run on this device"; ``True`` on an unsupported device is an error."""
-    if use_dgl is None:
-        return dgl_supports(device)
-    if use_dgl and not dgl_supports(device):
-        raise RuntimeError(f"use_dgl=True but DGL cannot run on {device}; pass use_dgl=False or None")
-    return bool(use_dgl)
-
-
-def _dgl_graph(src: torch.Tensor, dst: torch.Tensor, num_src: int, num_dst: int):
-    # A block (bipartite src -> dst) covers both the union graph (num_src == num_dst == N) and one
-    # timestamp's snapshot, whose sources and destinations are numbered separately.
-    return dgl.create_block((src, dst), num_src_nodes=num_src, num_dst_nodes=num_dst, device=src.device)
-
-
-def segment_sum(messages: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, num_src: int, num_dst: int,
-                use_dgl: bool) -> torch.Tensor:
-    """Σ_{j∈N_i} m_ij (the sum of Eq. 2 / Eq. 10): (E, d) edge messages -> (num_dst, d)."""
-    if use_dgl:
-        return dgl.ops.copy_e_sum(_dgl_graph(src, dst, num_src, num_dst), messages)
-    out = messages.new_zeros(num_dst, messages.shape[1])
-    return out.index_add(0, dst, messages)
-
-
-def segment_pna(messages: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, num_src: int, num_dst: int,
-                use_dgl: bool, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
-    """PNA's four aggregators, concatenated: (num_dst, 4d) = [mean, max, min, std], and the in-degree.
-
-    Nodes without incoming edges get zeros (DGL's max/min would give ∓inf there).
-    """
-    deg = torch.zeros(num_dst, device=messages.device, dtype=messages.dtype).index_add(
-        0, dst, torch.ones_like(dst, dtype=messages.dtype))
-    has = (deg > 0).unsqueeze(1)
-    if use_dgl:
-        g = _dgl_graph(src, dst, num_src, num_dst)
-        mean = dgl.ops.copy_e_mean(g, messages)
-        sq = dgl.ops.copy_e_mean(g, messages * messages)
-        mx = dgl.ops.copy_e_max(g, messages)
-        mn = dgl.ops.copy_e_min(g, messages)
-    else:
-        d = messages.shape[1]
-        denom = deg.clamp(min=1).unsqueeze(1)
-        mean = messages.new_zeros(num_dst, d).index_add(0, dst, messages) / denom
-        sq = messages.new_zeros(num_dst, d).index_add(0, dst, messages * messages) / denom
-        idx = dst.unsqueeze(1).expand_as(messages)
-        mx = messages.new_zeros(num_dst, d).scatter_reduce(0, idx, messages, reduce="amax", include_self=False)
-        mn = messages.new_zeros(num_dst, d).scatter_reduce(0, idx, messages, reduce="amin", include_self=False)
-    zero = messages.new_zeros(())
-    mx = torch.where(has, mx, zero)
-    mn = torch.where(has, mn, zero)
-    # std via E[m²] - E[m]², clamped: the difference of two float sums can dip below zero
-    std = torch.sqrt(torch.relu(sq - mean * mean) + eps) * has
-    return torch.cat([mean, mx, mn, std], dim=1), deg
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -186,11 +130,12 @@ class PNAEdgeLayer(nn.Module):
         self.edge_norm = nn.LayerNorm(dim) if edge_update else None
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, use_dgl: bool,
+    def forward(self, h: torch.Tensor, e: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, path: ExecutionPath,
                 avg_log_degree: torch.Tensor):
+        """``path`` is already resolved: the model resolves it once per forward, not once per layer."""
         n = h.shape[0]
         m = self.message(torch.cat([h[dst], h[src], e], dim=1))
-        agg, deg = segment_pna(m, src, dst, n, n, use_dgl)
+        agg, deg = segment_pna(m, src, dst, n, n, path)
         # PNA degree scalers: identity, amplification log(d+1)/δ, attenuation δ/log(d+1)
         logd = torch.log(deg + 1).unsqueeze(1)
         delta = avg_log_degree.clamp(min=1e-3)
@@ -228,19 +173,22 @@ class NGGNN(nn.Module):
             (``rev_edge_features: False``): messages follow the forward pass.
         edge_updates: Kofinas et al.'s edge update after every layer.
         avg_log_degree: δ of the PNA scalers; set it from training data with :meth:`fit_degree_scaler`.
-        use_dgl: ``None`` = DGL where supported; ``True``/``False`` forces a path.
+        path: :attr:`ExecutionPath.DGL` or :attr:`ExecutionPath.TORCH` forces one implementation of the
+            aggregation; ``None`` picks DGL wherever its kernels run on the input's device, torch elsewhere
+            (the DNG-Encoder's rule, :func:`~dng_tgn.nn.resolve_path`). Both give the same numbers.
     """
 
     def __init__(self, hidden_dim: int = 64, num_layers: int = 4, out_dim: int = 64, num_slots: int = 1,
                  fourier_size: int = 32, fourier_scale: float = 3.0, max_layers: int = 64, max_inputs: int = 64,
                  max_outputs: int = 64, bidirectional: bool = False, edge_updates: bool = True,
-                 avg_log_degree: float = 2.0, dropout: float = 0.0, use_dgl: bool | None = None, rff_seed: int = 0):
+                 avg_log_degree: float = 2.0, dropout: float = 0.0, path: ExecutionPath | None = None,
+                 rff_seed: int = 0):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         d = hidden_dim
         self.hidden_dim, self.num_layers, self.num_slots = d, num_layers, num_slots
-        self.bidirectional, self.use_dgl = bidirectional, use_dgl
+        self.bidirectional, self.path = bidirectional, validate_path(path)
         self.max_layers, self.max_inputs, self.max_outputs = max_layers, max_inputs, max_outputs
         self.rff = RandomFourierFeatures(fourier_size, fourier_scale, seed=rff_seed)
         self.node_features = NodeFeaturizer(self.rff, NUM_NODE_SLOTS)
@@ -303,11 +251,11 @@ class NGGNN(nn.Module):
     # -- forward ----------------------------------------------------------------------------------------
     def forward(self, batch: StreamBatch) -> NGGNNOutput:
         device = batch.node_values.device
-        use_dgl = resolve_use_dgl(self.use_dgl, device)
+        path = resolve_path(self.path, device)
         edges = union_edges(batch, self.bidirectional)
         h, e = self.initial_features(batch, edges)
         for layer in self.layers:
-            h, e = layer(h, e, edges.src, edges.dst, use_dgl, self.avg_log_degree)
+            h, e = layer(h, e, edges.src, edges.dst, path, self.avg_log_degree)
         # graph readout: mean and max over each network's nodes (both permutation invariant)
         b = batch.num_graphs
         counts = torch.bincount(batch.node_graph, minlength=b).clamp(min=1).unsqueeze(1).to(h.dtype)

@@ -22,7 +22,9 @@ feature and the memory of the nodes of the previous step. Edges are not updated 
 one timestamp only).
 
 Both models take a :class:`~dng_tgn.graph.batch.StreamBatch` plus one input vector per network, so the
-same batches feed both.
+same batches feed both. Their Σ runs on the package's one execution switch (``path=``, an
+:class:`~dng_tgn.nn.ExecutionPath` resolved per forward by :func:`~dng_tgn.nn.resolve_path`), so the
+comparison is never confounded by the two models aggregating with different kernels.
 """
 from __future__ import annotations
 
@@ -32,7 +34,9 @@ from torch import nn
 from ..graph.batch import StreamBatch
 from ..graph.events import NodeKind
 from ..graph.features import RandomFourierFeatures
-from .ng_gnn import resolve_use_dgl, segment_sum, union_edges
+from ..nn.paths import ExecutionPath, resolve_path, validate_path
+from ..nn.segment import segment_sum
+from .ng_gnn import union_edges
 
 __all__ = ["ScalarEncoder", "PhiPair", "StaticMPNN", "DynamicMPNN", "ActivationFitter", "input_node_values"]
 
@@ -92,10 +96,13 @@ class PhiPair(nn.Module):
         self.update = _mlp2(2 * dim, hidden, dim)
 
     def forward(self, h_src: torch.Tensor, e: torch.Tensor, h_dst: torch.Tensor, src_local: torch.Tensor,
-                dst_local: torch.Tensor, use_dgl: bool) -> torch.Tensor:
-        """h_src (S, d) source states, e (E, d), h_dst (D, d) target features -> (D, d) new target states."""
+                dst_local: torch.Tensor, path: ExecutionPath) -> torch.Tensor:
+        """h_src (S, d) source states, e (E, d), h_dst (D, d) target features -> (D, d) new target states.
+
+        ``path`` is already resolved, once per forward by the caller rather than once per round.
+        """
         m = self.message(torch.cat([h_src[src_local], e], dim=1))
-        agg = segment_sum(m, src_local, dst_local, h_src.shape[0], h_dst.shape[0], use_dgl)
+        agg = segment_sum(m, src_local, dst_local, h_src.shape[0], h_dst.shape[0], path)
         return self.update(torch.cat([agg, h_dst], dim=1))
 
 
@@ -108,16 +115,19 @@ class ActivationFitter(nn.Module):
         num_slots: K, edge weights per node pair.
         share_weights: one φ pair for all rounds/timestamps instead of ``num_layers`` of them.
         fourier_size, fourier_scale: RFF of the scalars (0 disables RFF; raw scalars only).
-        use_dgl: ``None`` = DGL where supported; ``True``/``False`` forces a path.
+        path: :attr:`ExecutionPath.DGL` or :attr:`ExecutionPath.TORCH` forces one implementation of the Σ;
+            ``None`` picks DGL wherever its kernels run on the input's device, torch elsewhere (the
+            DNG-Encoder's rule, :func:`~dng_tgn.nn.resolve_path`). Both give the same numbers.
     """
 
     def __init__(self, hidden_dim: int = 64, num_layers: int = 3, num_slots: int = 1, share_weights: bool = False,
-                 fourier_size: int = 16, fourier_scale: float = 3.0, use_dgl: bool | None = None):
+                 fourier_size: int = 16, fourier_scale: float = 3.0, path: ExecutionPath | None = None):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         d = hidden_dim
-        self.hidden_dim, self.num_layers, self.share_weights, self.use_dgl = d, num_layers, share_weights, use_dgl
+        self.hidden_dim, self.num_layers, self.share_weights = d, num_layers, share_weights
+        self.path = validate_path(path)
         rff = RandomFourierFeatures(fourier_size, fourier_scale) if fourier_size > 0 else None
         self.input_enc = ScalarEncoder(d, 1, rff)  # x_j -> v_j(0): "inputs enter as the input nodes' embeddings"
         self.bias_enc = ScalarEncoder(d, 1, rff)  # b_i -> v_i(0)
@@ -163,9 +173,9 @@ class StaticMPNN(ActivationFitter):
     """
 
     def __init__(self, hidden_dim: int = 64, num_layers: int = 3, num_slots: int = 1, share_weights: bool = False,
-                 fourier_size: int = 16, fourier_scale: float = 3.0, use_dgl: bool | None = None,
+                 fourier_size: int = 16, fourier_scale: float = 3.0, path: ExecutionPath | None = None,
                  edge_updates: bool = True, bidirectional: bool = False):
-        super().__init__(hidden_dim, num_layers, num_slots, share_weights, fourier_size, fourier_scale, use_dgl)
+        super().__init__(hidden_dim, num_layers, num_slots, share_weights, fourier_size, fourier_scale, path)
         self.bidirectional = bidirectional
         d = hidden_dim
         n_edge = 0 if not edge_updates else (1 if share_weights else num_layers - 1)
@@ -173,14 +183,14 @@ class StaticMPNN(ActivationFitter):
         self.reverse_emb = nn.Parameter(torch.zeros(d)) if bidirectional else None
 
     def embed(self, batch: StreamBatch, inputs: torch.Tensor) -> torch.Tensor:
-        use_dgl = resolve_use_dgl(self.use_dgl, batch.node_values.device)
+        path = resolve_path(self.path, batch.node_values.device)
         edges = union_edges(batch, self.bidirectional)
         h = self.initial_nodes(batch, inputs)
         e = self.edge_enc(edges.weight)
         if self.reverse_emb is not None:
             e = e + edges.reverse.unsqueeze(1) * self.reverse_emb
         for k in range(self.num_layers):
-            h = self.phi(k)(h, e, h, edges.src, edges.dst, use_dgl)
+            h = self.phi(k)(h, e, h, edges.src, edges.dst, path)
             if self.edge_updates and k < self.num_layers - 1:
                 phi_e = self.edge_updates[0 if self.share_weights else k]
                 e = phi_e(torch.cat([e, h[edges.src], h[edges.dst]], dim=1))
@@ -199,7 +209,7 @@ class DynamicMPNN(ActivationFitter):
     """
 
     def embed(self, batch: StreamBatch, inputs: torch.Tensor) -> torch.Tensor:
-        use_dgl = resolve_use_dgl(self.use_dgl, batch.node_values.device)
+        path = resolve_path(self.path, batch.node_values.device)
         if not self.share_weights and batch.max_timestamps > self.num_layers:
             raise ValueError(f"the batch has {batch.max_timestamps} timestamps but DynamicMPNN has "
                              f"num_layers={self.num_layers} φ pairs; build it with num_layers >= {batch.max_timestamps}")
@@ -207,7 +217,7 @@ class DynamicMPNN(ActivationFitter):
         s = v0
         for t, step in enumerate(batch.steps, start=1):
             e = self.edge_enc(step.weight)
-            new = self.phi(t - 1)(s[step.src_nodes], e, v0[step.dst_nodes], step.src_local, step.dst_local, use_dgl)
+            new = self.phi(t - 1)(s[step.src_nodes], e, v0[step.dst_nodes], step.src_local, step.dst_local, path)
             # out-of-place: earlier states stay in the autograd graph
             s = s.index_copy(0, step.dst_nodes, new)
         return s

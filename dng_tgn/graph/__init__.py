@@ -1,11 +1,10 @@
 """Networks as dynamic neural graphs: events, conversions, features, snapshots."""
 from .batch import StepBatch, StreamBatch, batch_state_dicts, batch_streams
 from .convert import to_event_stream
-from .events import NODE_SLOTS, EdgeKind, Event, EventStream, NodeKind, Op
+from .events import NODE_SLOTS, EdgeKind, Event, EventStream, NodeKind, Op, Snapshot
 from .export import draw_snapshot, stream_to_networkx
 from .features import NodeFeaturizer, RandomFourierFeatures
 from .replay import replay
-from .snapshot import Snapshot
 
 __all__ = [
     "EventStream", "Event", "Op", "NodeKind", "EdgeKind", "NODE_SLOTS", "Snapshot", "StreamBatch", "StepBatch",

@@ -1,10 +1,10 @@
 """Many event streams as one stream per timestamp, for the encoder.
 
 Streams that share a structure (same architecture and sizes, the common case in weight-space datasets)
-are laid out from one template: index tensors are built once and shifted by per-network offsets, and
+are laid out from one index layout: index tensors are built once and shifted by per-network offsets, and
 weights are stacked, so there is no Python loop over edges or neurons. Heterogeneous batches are a
-concatenation of such classes; shorter streams simply stop contributing after their last timestamp,
-and slot counts are zero-padded to the batch's largest K.
+concatenation of such same-structure stacks; shorter streams simply stop contributing after their last
+timestamp, and slot counts are zero-padded to the batch's largest K.
 """
 from __future__ import annotations
 
@@ -109,8 +109,13 @@ def _signature(s: EventStream):
 
 
 @dataclass
-class _Template:
-    """Per-network index structure shared by every network of one signature class (local node ids)."""
+class _IndexLayout:
+    """The index tensors of one network (local node ids), shared by every network of its structure.
+
+    ``steps[l-1]`` holds the step's src/dst node lists, int32 local edge indices, kinds and spans
+    (the index fields of :class:`StepBatch`); the rest are per-node (kind, input index, slot mask) or
+    the output nodes' ids. Shifting by a network's node offset gives that network's indices.
+    """
 
     steps: list[dict]
     kind: torch.Tensor
@@ -119,7 +124,7 @@ class _Template:
     slot_mask: torch.Tensor
 
 
-def _template(s: EventStream) -> _Template:
+def _index_layout(s: EventStream) -> _IndexLayout:
     steps = []
     for t in range(1, s.num_timestamps + 1):
         tab = s.edge_table(s.steps[t - 1])
@@ -133,40 +138,41 @@ def _template(s: EventStream) -> _Template:
     )
     out = s.node_groups[s.output_group]
     mask = torch.cat([g.slot_mask.expand(g.size, NUM_NODE_SLOTS) for g in s.node_groups])
-    return _Template(steps, kind, input_index, torch.arange(out.offset, out.offset + out.size), mask)
+    return _IndexLayout(steps, kind, input_index, torch.arange(out.offset, out.offset + out.size), mask)
 
 
 @dataclass
-class _Class:
-    """m networks of one structure: the template plus their stacked parameters."""
+class _SameStructureStack:
+    """m networks of one structure (equal :func:`_signature`): one of them as the reference, and all their
+    parameters stacked."""
 
-    template: EventStream
+    reference: EventStream  # one member's stream, read for its structure only (weights: the fields below)
     members: list[int]  # positions in the batch
     edge_weights: list[torch.Tensor | None]  # per edge group: (m, n_dst, n_src, slots) or None
     node_values: torch.Tensor  # (m, n, NUM_NODE_SLOTS)
 
 
-def _class_from_streams(streams: list[EventStream], members: list[int]) -> _Class:
+def _stack_streams(streams: list[EventStream], members: list[int]) -> _SameStructureStack:
     first = streams[0]
     weights = [
         None if g.weight is None else torch.stack([s.edge_groups[i].weight for s in streams])
         for i, g in enumerate(first.edge_groups)
     ]
     values = torch.stack([torch.cat([g.values for g in s.node_groups]) for s in streams])
-    return _Class(first, members, weights, values)
+    return _SameStructureStack(first, members, weights, values)
 
 
 def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _step_weights(c: _Class, t: int, k: int) -> torch.Tensor:
-    """(m·E_t, K): each network's edges of step t, network-major, in template order."""
-    m = len(c.members)
+def _step_weights(stack: _SameStructureStack, t: int, k: int) -> torch.Tensor:
+    """(m·E_t, K): each network's edges of step t, network-major, in the reference's edge order."""
+    m = len(stack.members)
     blocks = []
-    for e in c.template.steps[t - 1]:
-        g = c.template.edge_groups[e]
-        w = c.edge_weights[e]
+    for e in stack.reference.steps[t - 1]:
+        g = stack.reference.edge_groups[e]
+        w = stack.edge_weights[e]
         if w is None:
             blocks.append(torch.zeros(m, g.num_edges, k))
             continue
@@ -180,39 +186,39 @@ def batch_streams(streams: list[EventStream]) -> StreamBatch:
     """Batch event streams of the same or of different architectures into one stream per timestamp."""
     if not streams:
         raise ValueError("batch_streams needs at least one stream")
-    classes: dict[tuple, list[int]] = {}
+    by_structure: dict[tuple, list[int]] = {}
     for i, s in enumerate(streams):
-        classes.setdefault(_signature(s), []).append(i)
-    return _assemble([_class_from_streams([streams[i] for i in idx], idx) for idx in classes.values()], len(streams))
+        by_structure.setdefault(_signature(s), []).append(i)
+    return _assemble([_stack_streams([streams[i] for i in idx], idx) for idx in by_structure.values()], len(streams))
 
 
-def _assemble(classes: list[_Class], num_graphs: int) -> StreamBatch:
-    k = max(c.template.num_slots for c in classes)
-    t_max = max(c.template.num_timestamps for c in classes)
+def _assemble(stacks: list[_SameStructureStack], num_graphs: int) -> StreamBatch:
+    k = max(stack.reference.num_slots for stack in stacks)
+    t_max = max(stack.reference.num_timestamps for stack in stacks)
     per_step: list[dict[str, list]] = [dict() for _ in range(t_max)]
     node_parts = {n: [] for n in ("values", "mask", "kind", "graph", "input")}
     out_nodes, out_graph, num_t = [], [], torch.zeros(num_graphs, dtype=torch.long)
     archs = [""] * num_graphs
     offset = 0
-    for c in classes:
-        tpl = _template(c.template)
-        m, n = len(c.members), c.template.num_nodes
+    for stack in stacks:
+        layout = _index_layout(stack.reference)
+        m, n = len(stack.members), stack.reference.num_nodes
         offs = (torch.arange(m) * n + offset).unsqueeze(1)
-        graph_ids = torch.tensor(c.members)
-        num_t[graph_ids] = c.template.num_timestamps
-        for i in c.members:
-            archs[i] = c.template.arch
-        node_parts["values"].append(c.node_values.reshape(-1, NUM_NODE_SLOTS))
-        node_parts["mask"].append(tpl.slot_mask.repeat(m, 1))
-        node_parts["kind"].append(tpl.kind.repeat(m))
+        graph_ids = torch.tensor(stack.members)
+        num_t[graph_ids] = stack.reference.num_timestamps
+        for i in stack.members:
+            archs[i] = stack.reference.arch
+        node_parts["values"].append(stack.node_values.reshape(-1, NUM_NODE_SLOTS))
+        node_parts["mask"].append(layout.slot_mask.repeat(m, 1))
+        node_parts["kind"].append(layout.kind.repeat(m))
         node_parts["graph"].append(graph_ids.repeat_interleave(n))
-        node_parts["input"].append(tpl.input_index.repeat(m))
-        out_nodes.append((tpl.output + offs).reshape(-1))
-        out_graph.append(graph_ids.repeat_interleave(tpl.output.numel()))
-        for t, st in enumerate(tpl.steps, start=1):
+        node_parts["input"].append(layout.input_index.repeat(m))
+        out_nodes.append((layout.output + offs).reshape(-1))
+        out_graph.append(graph_ids.repeat_interleave(layout.output.numel()))
+        for t, st in enumerate(layout.steps, start=1):
             acc = per_step[t - 1]
             n_src, n_dst = st["src_nodes"].numel(), st["dst_nodes"].numel()
-            # local indices continue where the previous class left off at this step
+            # local indices continue where the previous stack left off at this step
             base_s = sum(x.numel() for x in acc.get("src_nodes", []))
             base_d = sum(x.numel() for x in acc.get("dst_nodes", []))
             net = torch.arange(m, dtype=torch.int32).unsqueeze(1)
@@ -223,7 +229,7 @@ def _assemble(classes: list[_Class], num_graphs: int) -> StreamBatch:
             add("dst_local", (st["dst_local"] + (net * n_dst + base_d)).reshape(-1))
             add("kind", st["kind"].repeat(m))
             add("span", st["span"].repeat(m))
-            add("weight", _step_weights(c, t, k))
+            add("weight", _step_weights(stack, t, k))
         offset += m * n
     steps = [StepBatch(**{key: _concat(v) for key, v in acc.items()}) for acc in per_step]
     order = torch.argsort(_concat(out_graph), stable=True)
@@ -249,7 +255,7 @@ def batch_state_dicts(state_dicts: list, progress: bool = False, **convert_kwarg
 
     State_dicts with the same keys and shapes share one structure, so we convert only the first of each
     kind (with :func:`dng_tgn.to_event_stream` and ``convert_kwargs``), stack every parameter across
-    networks, and gather the stacked values into the template's node and edge slots through the
+    networks, and gather the stacked values into that reference stream's node and edge slots through the
     :class:`ParamRef` indices the converter recorded. Finiteness is checked on the stacked tensors and the
     offending network is named.
     """
@@ -260,15 +266,15 @@ def batch_state_dicts(state_dicts: list, progress: bool = False, **convert_kwarg
     kinds: dict[tuple, list[int]] = {}
     for i, sd in enumerate(state_dicts):
         kinds.setdefault(tuple((k, tuple(v.shape)) for k, v in sd.items()), []).append(i)
-    classes = []
+    stacks = []
     for members in kinds.values():
         keys = [k for k, _ in next(iter([tuple((k, tuple(v.shape)) for k, v in state_dicts[members[0]].items())]))]
         stacked = {k: torch.stack([state_dicts[i][k] for i in members]).float() for k in keys}
         for k, v in stacked.items():
             _check_finite(v.reshape(len(members), -1), members, k)
-        template = to_event_stream(state_dicts[members[0]], **convert_kwargs)
-        classes.append(_class_from_stacked(template, members, stacked))
-    return _assemble(classes, len(state_dicts))
+        reference = to_event_stream(state_dicts[members[0]], **convert_kwargs)
+        stacks.append(_stack_parameters(reference, members, stacked))
+    return _assemble(stacks, len(state_dicts))
 
 
 def _check_finite(v: torch.Tensor, members: list[int], key: str) -> None:
@@ -290,10 +296,10 @@ def _gather(stacked: torch.Tensor, index: torch.Tensor, m: int) -> torch.Tensor:
     return flat[:, idx]
 
 
-def _class_from_stacked(template: EventStream, members: list[int], stacked: dict[str, torch.Tensor]) -> _Class:
+def _stack_parameters(reference: EventStream, members: list[int], stacked: dict[str, torch.Tensor]) -> _SameStructureStack:
     m = len(members)
     weights = []
-    for g in template.edge_groups:
+    for g in reference.edge_groups:
         if g.weight is None:
             weights.append(None)
             continue
@@ -301,8 +307,8 @@ def _class_from_stacked(template: EventStream, members: list[int], stacked: dict
             raise ValueError(f"edge group '{g.name}' does not record a single source parameter; use batch_streams")
         ref = g.params[0]
         weights.append(_gather(stacked[ref.name], ref.index, m).reshape(m, *g.weight.shape))
-    values = torch.zeros(m, template.num_nodes, NUM_NODE_SLOTS)
-    for g in template.node_groups:
+    values = torch.zeros(m, reference.num_nodes, NUM_NODE_SLOTS)
+    for g in reference.node_groups:
         for ref in g.params:
             values[:, g.offset : g.offset + g.size, ref.slot] = _gather(stacked[ref.name], ref.index, m)
-    return _Class(template, members, weights, values)
+    return _SameStructureStack(reference, members, weights, values)

@@ -12,6 +12,10 @@ leaves is deleted (-V/-E). For an MLP this is Eq. 3 verbatim: at ``t^l`` the str
 ``e^l`` and deletes ``v^{l-2}`` and ``e^{l-1}``, so every snapshot is the bipartite graph
 ``({v^{l-1}, v^l}, e^l)``. Residual sources (App. E.1) leave and come back, which is the paper's
 "v^l re-added at t^{l+r}".
+
+This module sits at the bottom of ``dng_tgn.graph``: it imports none of the modules built on it. The views
+that need nothing but the stream (:class:`Snapshot`, networkx, pandas) therefore live here too, so that
+``stream.snapshot(t)`` and ``stream.to_networkx()`` work without an import cycle.
 """
 from __future__ import annotations
 
@@ -246,17 +250,36 @@ class EventStream:
             raise IndexError(f"timestamp {t} out of range: this stream has t^0..t^{self.num_timestamps}")
 
     # ----- views ----------------------------------------------------------------------------------------
-    def snapshot(self, t: int):
-        """The graph G_{t^t} obtained by replaying the events up to t."""
-        from .snapshot import Snapshot
-
-        self._check_t(t)
-        return Snapshot.replay(self, t)
+    def snapshot(self, t: int) -> Snapshot:
+        """The graph G_{t^t} obtained by replaying the events up to t (same as ``Snapshot.at(self, t)``)."""
+        return Snapshot.at(self, t)
 
     def to_networkx(self):
-        from .export import stream_to_networkx
+        """Every node and edge of the whole stream as a ``networkx.MultiDiGraph``; edges carry the timestamp
+        ``t`` at which they live.
 
-        return stream_to_networkx(self)
+        Multi-edges (conv kernels, flatten virtual vertices) become one networkx edge per slot, keyed by slot.
+        """
+        import networkx as nx
+
+        g = nx.MultiDiGraph(arch=self.arch, num_timestamps=self.num_timestamps)
+        added_at = {i: 0 for i, grp in enumerate(self.node_groups) if i in self.presence(0)}
+        for t in range(1, self.num_timestamps + 1):
+            for gi in self.updated_groups(t):
+                added_at.setdefault(gi, t)
+        for gi, grp in enumerate(self.node_groups):
+            vals = grp.values.tolist()
+            for k in range(grp.size):
+                g.add_node(grp.offset + k, group=grp.name, index=k, kind=grp.kind.name, t=added_at.get(gi, 0), bias=vals[k][0])
+        for t, step in enumerate(self.steps, start=1):
+            for e in step:
+                eg = self.edge_groups[e]
+                src, dst = self.edge_index(e)
+                feats = self.edge_features(e)[:, : eg.slots]
+                for k, (s, d) in enumerate(zip(src.tolist(), dst.tolist())):
+                    for slot in range(eg.slots):
+                        g.add_edge(s, d, key=slot, t=t, group=eg.name, kind=eg.kind.name, weight=float(feats[k, slot]), span=eg.span)
+        return g
 
     def table(self):
         """The events as a pandas DataFrame (one row per event), for notebooks."""
@@ -359,6 +382,113 @@ class EventStream:
             raise ShapeMismatchError(
                 f"residual '{e.name}' joins {s.size} nodes to {self.node_groups[e.dst].size}: sizes must match"
             )
+
+
+@dataclass
+class Snapshot:
+    """G_{t^l}: the graph you get by replaying a stream's events up to timestamp t^l.
+
+    Build one with :meth:`Snapshot.at` or :meth:`EventStream.snapshot`. (Not to be confused with
+    :func:`dng_tgn.replay`, which executes the stream as the network's forward pass.)
+    """
+
+    stream: EventStream
+    t: int
+    node_ids: torch.Tensor  # global ids, sorted
+    edge_ids: torch.Tensor  # global ids
+    src: torch.Tensor  # global node ids per edge
+    dst: torch.Tensor
+    edge_weight: torch.Tensor  # (E, K) raw weights (zeros for learnable edges)
+    edge_kind: torch.Tensor  # (E,) EdgeKind
+    edge_span: torch.Tensor  # (E,) residual span r, 0 otherwise
+
+    @classmethod
+    def at(cls, stream: EventStream, t: int) -> Snapshot:
+        """Apply +V/+E/-V/-E in order from t^0 up to t; the result must equal the structural definition."""
+        stream._check_t(t)
+        nodes: set[int] = set()
+        edges: dict[int, int] = {}  # global edge id -> edge group
+        group_of_edge = {}
+        for e_idx, g in enumerate(stream.edge_groups):
+            group_of_edge[g.name] = e_idx
+        for tau in range(t + 1):
+            for ev in stream.events_at(tau):
+                ids = ev.ids.tolist()
+                if ev.op == Op.ADD_NODES:
+                    nodes.update(ids)
+                elif ev.op == Op.DEL_NODES:
+                    nodes.difference_update(ids)
+                elif ev.op == Op.ADD_EDGES:
+                    edges.update(dict.fromkeys(ids, group_of_edge[ev.group]))
+                else:
+                    for i in ids:
+                        edges.pop(i, None)
+        groups = sorted(set(edges.values()))
+        tab = stream.edge_table(groups)
+        weight = torch.cat([stream.edge_features(g) for g in groups]) if groups else torch.zeros(0, stream.num_slots)
+        node_ids = torch.tensor(sorted(nodes), dtype=torch.long)
+        return cls(stream, t, node_ids, tab["eid"], tab["src"], tab["dst"], weight, tab["kind"], tab["span"])
+
+    @property
+    def num_nodes(self) -> int:
+        return self.node_ids.numel()
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_ids.numel()
+
+    def node_groups(self) -> list[str]:
+        present = set(self.node_ids.tolist())
+        return [g.name for g in self.stream.node_groups if g.offset in present]
+
+    def _local(self):
+        lookup = torch.full((self.stream.num_nodes,), -1, dtype=torch.long)
+        lookup[self.node_ids] = torch.arange(self.num_nodes)
+        return lookup
+
+    def _node_data(self, ids):
+        values = torch.cat([g.values for g in self.stream.node_groups])[ids] if self.stream.node_groups else None
+        return values
+
+    def to_dgl(self):
+        """A homogeneous DGLGraph over the snapshot's nodes (relabelled 0..n-1; ``ndata['nid']`` keeps ids)."""
+        from .._dgl import require_dgl
+
+        dgl = require_dgl()
+        lookup = self._local()
+        g = dgl.graph((lookup[self.src], lookup[self.dst]), num_nodes=self.num_nodes)
+        g.ndata["nid"] = self.node_ids
+        g.ndata["values"] = self._node_data(self.node_ids)
+        g.edata["eid"] = self.edge_ids
+        g.edata["w"] = self.edge_weight
+        g.edata["kind"] = self.edge_kind
+        g.edata["span"] = self.edge_span
+        return g
+
+    def to_block(self):
+        """A DGL message-flow block: sources are this step's readers, destinations the nodes it computes."""
+        from .._dgl import require_dgl
+
+        dgl = require_dgl()
+        src_ids = torch.unique(self.src)
+        dst_ids = torch.unique(self.dst)
+        s_lookup = torch.full((self.stream.num_nodes,), -1, dtype=torch.long)
+        s_lookup[src_ids] = torch.arange(src_ids.numel())
+        d_lookup = torch.full((self.stream.num_nodes,), -1, dtype=torch.long)
+        d_lookup[dst_ids] = torch.arange(dst_ids.numel())
+        block = dgl.create_block(
+            (s_lookup[self.src], d_lookup[self.dst]), num_src_nodes=src_ids.numel(), num_dst_nodes=dst_ids.numel()
+        )
+        block.srcdata["nid"] = src_ids
+        block.dstdata["nid"] = dst_ids
+        block.dstdata["values"] = self._node_data(dst_ids)
+        block.edata["w"] = self.edge_weight
+        block.edata["kind"] = self.edge_kind
+        block.edata["span"] = self.edge_span
+        return block
+
+    def __repr__(self) -> str:
+        return f"Snapshot(t={self.t}, nodes={self.num_nodes}, edges={self.num_edges}, groups={self.node_groups()})"
 
 
 def node_values(size: int, **slots: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

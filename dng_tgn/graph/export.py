@@ -1,4 +1,8 @@
-"""networkx export and matplotlib drawing, for looking at streams in a notebook."""
+"""networkx export and matplotlib drawing, for looking at streams in a notebook.
+
+The networkx conversion itself is :meth:`EventStream.to_networkx`; this module builds on ``events`` and is
+never imported by it.
+"""
 from __future__ import annotations
 
 import networkx as nx
@@ -8,28 +12,8 @@ from .events import EventStream
 
 
 def stream_to_networkx(stream: EventStream) -> nx.MultiDiGraph:
-    """Every node and edge of the whole stream; edges carry the timestamp ``t`` at which they live.
-
-    Multi-edges (conv kernels, flatten virtual vertices) become one networkx edge per slot, keyed by slot.
-    """
-    g = nx.MultiDiGraph(arch=stream.arch, num_timestamps=stream.num_timestamps)
-    added_at = {i: 0 for i, grp in enumerate(stream.node_groups) if i in stream.presence(0)}
-    for t in range(1, stream.num_timestamps + 1):
-        for gi in stream.updated_groups(t):
-            added_at.setdefault(gi, t)
-    for gi, grp in enumerate(stream.node_groups):
-        vals = grp.values.tolist()
-        for k in range(grp.size):
-            g.add_node(grp.offset + k, group=grp.name, index=k, kind=grp.kind.name, t=added_at.get(gi, 0), bias=vals[k][0])
-    for t, step in enumerate(stream.steps, start=1):
-        for e in step:
-            eg = stream.edge_groups[e]
-            src, dst = stream.edge_index(e)
-            feats = stream.edge_features(e)[:, : eg.slots]
-            for k, (s, d) in enumerate(zip(src.tolist(), dst.tolist())):
-                for slot in range(eg.slots):
-                    g.add_edge(s, d, key=slot, t=t, group=eg.name, kind=eg.kind.name, weight=float(feats[k, slot]), span=eg.span)
-    return g
+    """Every node and edge of the whole stream; the same as :meth:`EventStream.to_networkx`."""
+    return stream.to_networkx()
 
 
 def draw_snapshot(stream: EventStream, t: int, ax=None, max_nodes_per_group: int = 40, cmap="coolwarm"):

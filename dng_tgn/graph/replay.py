@@ -2,7 +2,8 @@
 
 Nodes carry activations, edges carry weights: at each timestamp the weights are rebuilt from the edge
 list (src, dst, slots) alone, so matching the original model's output proves that the stream holds the
-whole forward pass, not just the parameters.
+whole forward pass, not just the parameters. (The snapshot graph G_{t^l}, built by replaying the *events*
+up to t^l, is :meth:`Snapshot.at <dng_tgn.graph.Snapshot.at>`; nothing is executed there.)
 """
 from __future__ import annotations
 

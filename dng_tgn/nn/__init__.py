@@ -1,15 +1,17 @@
-"""The DNG-Encoder (paper §5): memory, messages, execution paths, readouts."""
+"""The DNG-Encoder (paper §5): memory, messages, readouts, and the execution paths every model shares."""
 from .encoder import DNGEncoder, EncoderOutput, default_device
 from .heads import ConcatReadout, MeanReadout, MLPHead, Readout
 from .memory import (
     DNGMemory, EdgeFeatures, InputMemory, MemoryState, MemoryUpdater, MessageFunction, MultiHeadMessage, NodeFeatures,
 )
-from .paths import DGLStepOps, ExecutionPath, TorchStepOps, resolve_path, step_ops
+from .paths import DGLStepOps, ExecutionPath, TorchStepOps, resolve_path, step_ops, validate_path
+from .segment import segment_pna, segment_sum
 
 __all__ = [
     "DNGEncoder", "EncoderOutput", "default_device",
     "Readout", "MeanReadout", "ConcatReadout", "MLPHead",
     "DNGMemory", "MemoryState", "EdgeFeatures", "NodeFeatures", "InputMemory", "MessageFunction", "MultiHeadMessage",
     "MemoryUpdater",
-    "ExecutionPath", "resolve_path", "step_ops", "TorchStepOps", "DGLStepOps",
+    "ExecutionPath", "resolve_path", "validate_path", "step_ops", "TorchStepOps", "DGLStepOps",
+    "segment_sum", "segment_pna",
 ]

@@ -19,14 +19,15 @@ from .paths import ExecutionPath, resolve_path
 class EncoderOutput:
     """``embedding`` (B, out_dim): one row per network, in the order the streams were given.
 
-    ``memory`` (N, d): every node's final memory ``s(t^L)``; ``trajectory`` (T+1, N, d) or None: the memory
-    bank after each timestamp (see :class:`~dng_tgn.nn.memory.MemoryState`); ``batch``: the
+    ``node_memory`` (N, d): every node's final memory ``s(t^L)``; ``trajectory`` (T+1, N, d) or None: the
+    memory bank after each timestamp (see :class:`~dng_tgn.nn.memory.MemoryState`); ``batch``: the
     :class:`StreamBatch` that was encoded (on the encoder's device), whose ``node_graph``/``node_kind``
-    and the streams' node-group offsets say which row of ``memory`` is which node.
+    and the streams' node-group offsets say which row of ``node_memory`` is which node. (The module that
+    computes them is :attr:`DNGEncoder.memory`, a :class:`~dng_tgn.nn.memory.DNGMemory`.)
     """
 
     embedding: torch.Tensor
-    memory: torch.Tensor
+    node_memory: torch.Tensor
     trajectory: torch.Tensor | None
     batch: StreamBatch
 
@@ -37,7 +38,7 @@ class DNGEncoder(nn.Module):
     Args:
         memory_dim: size of each node memory ``s_i`` (F.1.2 uses 512, F.2 128).
         message_dim: size of the messages ``m_i``; defaults to ``memory_dim``.
-        num_heads: edges per node pair. 1: Eq. 4 (MLPs, SIRENs, ViTs). ``K > 1``: Eq. 5 with K heads, for
+        message_heads: edges per node pair. 1: Eq. 4 (MLPs, SIRENs, ViTs). ``K > 1``: Eq. 5 with K heads, for
             CNNs whose kernels (or flattened maps) give K edges per pair; smaller kernels are zero-padded.
         head_dim: size of each Eq. 5 head (F.2 uses 32).
         fourier_size, fourier_scale: RFF of weights and biases (F.1.2: 128, 3.0).
@@ -57,7 +58,7 @@ class DNGEncoder(nn.Module):
         memory_dim: int = 128,
         *,
         message_dim: int | None = None,
-        num_heads: int = 1,
+        message_heads: int = 1,
         head_dim: int = 32,
         fourier_size: int = 128,
         fourier_scale: float = 3.0,
@@ -69,7 +70,7 @@ class DNGEncoder(nn.Module):
     ):
         super().__init__()
         self.memory = DNGMemory(
-            memory_dim, message_dim, num_heads, head_dim, fourier_size, fourier_scale, max_timestamps, max_inputs
+            memory_dim, message_dim, message_heads, head_dim, fourier_size, fourier_scale, max_timestamps, max_inputs
         )
         self.readout = readout if readout is not None else MeanReadout()
         if not isinstance(self.readout, Readout):
@@ -103,4 +104,4 @@ class DNGEncoder(nn.Module):
             batch = batch_streams(streams)
         batch = batch.to(self.device)
         state = self.memory(batch, self.execution_path(), return_trajectory)
-        return EncoderOutput(self.readout(state.memory, batch), state.memory, state.trajectory, batch)
+        return EncoderOutput(self.readout(state.node_memory, batch), state.node_memory, state.trajectory, batch)

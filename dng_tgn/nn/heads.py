@@ -14,12 +14,12 @@ from ..graph.batch import StreamBatch
 
 
 class Readout(nn.Module):
-    """Base class: ``forward(memory (N, d), batch) -> (B, out_dim(d))``."""
+    """Base class: ``forward(node_memory (N, d), batch) -> (B, out_dim(d))``."""
 
     def out_dim(self, memory_dim: int) -> int:
         raise NotImplementedError
 
-    def forward(self, memory: torch.Tensor, batch: StreamBatch) -> torch.Tensor:
+    def forward(self, node_memory: torch.Tensor, batch: StreamBatch) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -29,9 +29,9 @@ class MeanReadout(Readout):
     def out_dim(self, memory_dim: int) -> int:
         return memory_dim
 
-    def forward(self, memory: torch.Tensor, batch: StreamBatch) -> torch.Tensor:
-        out = memory.index_select(0, batch.output_nodes)
-        sums = out.new_zeros(batch.num_graphs, memory.shape[1]).index_add(0, batch.output_graph, out)
+    def forward(self, node_memory: torch.Tensor, batch: StreamBatch) -> torch.Tensor:
+        out = node_memory.index_select(0, batch.output_nodes)
+        sums = out.new_zeros(batch.num_graphs, node_memory.shape[1]).index_add(0, batch.output_graph, out)
         counts = batch.output_sizes().clamp(min=1).to(out.dtype)
         return sums / counts.unsqueeze(1)
 
@@ -49,7 +49,7 @@ class ConcatReadout(Readout):
     def out_dim(self, memory_dim: int) -> int:
         return self.num_outputs * memory_dim
 
-    def forward(self, memory: torch.Tensor, batch: StreamBatch) -> torch.Tensor:
+    def forward(self, node_memory: torch.Tensor, batch: StreamBatch) -> torch.Tensor:
         sizes = batch.output_sizes()
         if bool((sizes != self.num_outputs).any()):
             raise ValueError(
@@ -57,7 +57,7 @@ class ConcatReadout(Readout):
                 f"got output sizes {sorted(set(sizes.tolist()))}; use MeanReadout for mixed output sizes"
             )
         # output_nodes are grouped by network and in network order, so a reshape lines them up
-        return memory.index_select(0, batch.output_nodes).reshape(batch.num_graphs, -1)
+        return node_memory.index_select(0, batch.output_nodes).reshape(batch.num_graphs, -1)
 
     def extra_repr(self) -> str:
         return f"num_outputs={self.num_outputs}"

@@ -12,7 +12,7 @@ With the F.3 augmentation there are ``6·N`` spatial vectors: view ``v`` of the 
 90°/180°/270° clockwise, horizontal and vertical flip) is decoded from its own ``N`` latent vectors, and the
 six ``h_s × w_s × d`` maps are stacked along channels into ``F_aug ∈ R^{h_s × w_s × 6d}`` (§8.1).
 
-The encoder is any :class:`~dng_tgn.training.WeightEncoder`, so the same model runs on the static NG-GNN
+The encoder is any :class:`~dng_tgn.nn.factory.WeightEncoder`, so the same model runs on the static NG-GNN
 baseline. After reconstruction training the encoder and Latent Generator are frozen and
 :class:`FeatureMapClassifier` (F.1.2: two conv layers, a 3-layer MLP, hidden 256, dropout) learns labels
 from ``F`` (or ``F_aug``).
@@ -132,7 +132,7 @@ class INR2JLS(nn.Module):
     """ENC_θ = weight encoder + Latent Generator (Eq. 7, 9); DEC_θ = transposed-conv decoder; MSE loss (Eq. 8).
 
     Args:
-        encoder: a :class:`~dng_tgn.training.WeightEncoder` (DNG-Encoder or NG-GNN) with ``out_dim``.
+        encoder: a :class:`~dng_tgn.nn.factory.WeightEncoder` (DNG-Encoder or NG-GNN) with ``out_dim``.
         image_shape: (C, H, W) of the images the INRs represent; H and W must be divisible by 4 (the
             decoder doubles the resolution twice), giving the grid h_s × w_s = H/4 × W/4 (7×7 for 28×28,
             8×8 for 32×32, as in F.1.2).

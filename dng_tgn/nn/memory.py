@@ -143,20 +143,22 @@ class MultiHeadMessage(nn.Module):
     ``phi_h`` is a two-layer MLP that merges the heads of each node pair before the sum over ``j``.
     """
 
-    def __init__(self, edge_dim: int, memory_dim: int, message_dim: int, num_heads: int, head_dim: int):
+    def __init__(self, edge_dim: int, memory_dim: int, message_dim: int, message_heads: int, head_dim: int):
         super().__init__()
-        self.num_heads, self.head_dim = num_heads, head_dim
+        self.message_heads, self.head_dim = message_heads, head_dim
         self.edge_proj = nn.Linear(edge_dim, head_dim)  # W_m1
-        self.src_proj = nn.Linear(memory_dim, num_heads * head_dim)  # W_1 .. W_N
+        self.src_proj = nn.Linear(memory_dim, message_heads * head_dim)  # W_1 .. W_N
         self.merge = nn.Sequential(  # phi_h
-            nn.Linear(num_heads * head_dim, message_dim), nn.ReLU(), nn.Linear(message_dim, message_dim)
+            nn.Linear(message_heads * head_dim, message_dim), nn.ReLU(), nn.Linear(message_dim, message_dim)
         )
 
     def forward(self, ops: StepOps, src_memory: torch.Tensor, edge_feat: torch.Tensor) -> torch.Tensor:
         """(S, d) source memories, (E, N, 2F) edge features -> (D, message_dim) messages."""
-        if edge_feat.shape[1] != self.num_heads:
-            raise ValueError(f"the multi-head message (Eq. 5) has {self.num_heads} heads but got {edge_feat.shape[1]} edge slots")
-        u = self.src_proj(src_memory).view(-1, self.num_heads, self.head_dim)
+        if edge_feat.shape[1] != self.message_heads:
+            raise ValueError(
+                f"the multi-head message (Eq. 5) has {self.message_heads} heads but got {edge_feat.shape[1]} edge slots"
+            )
+        u = self.src_proj(src_memory).view(-1, self.message_heads, self.head_dim)
         heads = ops.u_mul_e(u, self.edge_proj(edge_feat))  # (E, N, head_dim)
         return ops.e_sum(self.merge(heads.flatten(1)))
 
@@ -181,12 +183,12 @@ class MemoryUpdater(nn.Module):
 class MemoryState:
     """What :class:`DNGMemory` returns.
 
-    ``memory``: (N, d), every node's memory after the last timestamp, ``s(t^L)``.
+    ``node_memory``: (N, d), every node's memory after the last timestamp, ``s(t^L)``.
     ``trajectory``: (T+1, N, d) when requested: ``trajectory[l]`` is the bank after ``t^l`` (``[0]`` holds
     only the input nodes; a node not yet written is zero).
     """
 
-    memory: torch.Tensor
+    node_memory: torch.Tensor
     trajectory: torch.Tensor | None = None
 
 
@@ -196,7 +198,7 @@ class DNGMemory(nn.Module):
     Args:
         memory_dim: d, the size of ``s_i`` (the GRU's hidden size).
         message_dim: size of ``m_i``; defaults to ``memory_dim``.
-        num_heads: edges per node pair the message functions expect. 1 selects Eq. 4; ``N > 1`` selects
+        message_heads: edges per node pair the message functions expect. 1 selects Eq. 4; ``N > 1`` selects
             Eq. 5 with N heads, and batches with fewer slots are padded with zero edges (§4.2), so a
             network's memory does not depend on what it is batched with.
         head_dim: size of each head in Eq. 5.
@@ -209,7 +211,7 @@ class DNGMemory(nn.Module):
         self,
         memory_dim: int = 128,
         message_dim: int | None = None,
-        num_heads: int = 1,
+        message_heads: int = 1,
         head_dim: int = 32,
         fourier_size: int = 128,
         fourier_scale: float = 3.0,
@@ -217,20 +219,20 @@ class DNGMemory(nn.Module):
         max_inputs: int = 256,
     ):
         super().__init__()
-        if num_heads < 1 or max_timestamps < 1 or memory_dim < 1:
-            raise ValueError("num_heads, max_timestamps and memory_dim must be positive")
+        if message_heads < 1 or max_timestamps < 1 or memory_dim < 1:
+            raise ValueError("message_heads, max_timestamps and memory_dim must be positive")
         message_dim = message_dim or memory_dim
         self.memory_dim, self.message_dim = memory_dim, message_dim
-        self.num_heads, self.max_timestamps = num_heads, max_timestamps
+        self.message_heads, self.max_timestamps = message_heads, max_timestamps
         rff = RandomFourierFeatures(fourier_size, fourier_scale)
         self.edge_features = EdgeFeatures(rff)
         self.node_features = NodeFeatures(rff, memory_dim)
         self.inputs = InputMemory(max_inputs, memory_dim)
 
         def message_fn() -> nn.Module:
-            if num_heads == 1:
+            if message_heads == 1:
                 return MessageFunction(rff.out_dim, memory_dim, message_dim)
-            return MultiHeadMessage(rff.out_dim, memory_dim, message_dim, num_heads, head_dim)
+            return MultiHeadMessage(rff.out_dim, memory_dim, message_dim, message_heads, head_dim)
 
         self.messages = nn.ModuleList(message_fn() for _ in range(max_timestamps))  # phi_m^{t^1..t^L}
         self.updater = MemoryUpdater(message_dim, memory_dim)
@@ -241,11 +243,11 @@ class DNGMemory(nn.Module):
                 f"the batch has streams with {batch.max_timestamps} timestamps but the encoder has message "
                 f"functions for max_timestamps={self.max_timestamps}; build it with a larger max_timestamps"
             )
-        if batch.num_slots > self.num_heads:
-            kind = "single-edge (Eq. 4)" if self.num_heads == 1 else f"{self.num_heads}-head (Eq. 5)"
+        if batch.num_slots > self.message_heads:
+            kind = "single-edge (Eq. 4)" if self.message_heads == 1 else f"{self.message_heads}-head (Eq. 5)"
             raise ValueError(
                 f"the batch has {batch.num_slots} edges per node pair (conv kernels / flatten) but the encoder "
-                f"is {kind}; build it with num_heads >= {batch.num_slots}"
+                f"is {kind}; build it with message_heads >= {batch.num_slots}"
             )
 
     def initial_memory(self, batch: StreamBatch, node_state: torch.Tensor) -> torch.Tensor:
@@ -265,8 +267,8 @@ class DNGMemory(nn.Module):
         for t, step in enumerate(batch.steps, start=1):
             ops = step_ops(step, path)
             weight = step.weight.to(dtype)
-            if weight.shape[1] < self.num_heads:  # zero edges (§4.2) up to the encoder's head count
-                weight = nn.functional.pad(weight, (0, self.num_heads - weight.shape[1]))
+            if weight.shape[1] < self.message_heads:  # zero edges (§4.2) up to the encoder's head count
+                weight = nn.functional.pad(weight, (0, self.message_heads - weight.shape[1]))
             edge_feat = self.edge_features(weight, step.kind, step.span)
             src_memory = bank.index_select(0, step.src_nodes)  # s_j(t^l-)
             message = self.messages[t - 1](ops, src_memory, edge_feat)

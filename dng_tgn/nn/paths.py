@@ -11,6 +11,11 @@ The DNG-Encoder needs three primitives per snapshot graph ``G_{t^l}`` (sources -
 multiply and reduce into one kernel). :class:`TorchStepOps` does the same with ``index_select`` and
 ``index_add``, so the encoder also runs where PyPI's DGL has no kernels (CUDA, since that wheel is
 CPU-only). Both compute the same sums; only the floating-point summation order may differ.
+
+:class:`ExecutionPath` and :func:`resolve_path` are the one switch between the two for every model in the
+package: the DNG-Encoder here, and the static baselines (NG-GNN, the §7 MPNNs), whose edge-list reductions
+live in :mod:`dng_tgn.nn.segment` and take the same resolved path. One switch means one default rule
+("DGL where its kernels run") and one error for a forced DGL path on a device it cannot use.
 """
 from __future__ import annotations
 
@@ -23,19 +28,49 @@ from ..graph.batch import StepBatch
 
 
 class ExecutionPath(Enum):
-    """Which implementation of the message passing primitives the encoder uses."""
+    """Which implementation of the message-passing primitives a model uses (see the module docstring)."""
 
     DGL = "dgl"
     TORCH = "torch"
 
+    @classmethod
+    def parse(cls, value: "str | ExecutionPath | None") -> "ExecutionPath | None":
+        """A config value (``None``, ``"dgl"``, ``"torch"``, any case) -> ``path=`` argument.
+
+        Run configs must be JSON, so they carry the name, not the enum; models' ``path=`` stays strict
+        (:func:`validate_path`) so that code cannot pass a string or an old ``use_dgl``-style bool by mistake.
+        """
+        if value is None or isinstance(value, cls):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            valid = ", ".join(repr(p.value) for p in cls)
+            raise ValueError(f"unknown execution path {value!r}; valid values are {valid} or None") from None
+
+
+def validate_path(path: ExecutionPath | None) -> ExecutionPath | None:
+    """``path`` unchanged if it is a valid ``path=`` argument, else a TypeError that lists the valid ones.
+
+    Models call this in their constructor, so that a typo such as ``path="dgl"`` fails where it is
+    written rather than at the first forward pass.
+    """
+    if path is None or isinstance(path, ExecutionPath):
+        return path
+    choices = ", ".join(f"ExecutionPath.{p.name}" for p in ExecutionPath)
+    raise TypeError(f"path must be one of {choices} or None (pick by device), got {path!r} ({type(path).__name__})")
+
 
 def resolve_path(path: ExecutionPath | None, device: torch.device | str) -> ExecutionPath:
-    """``None`` picks DGL where its kernels run on ``device`` and torch otherwise; a forced path is checked."""
+    """``None`` picks DGL where its kernels run on ``device`` and torch otherwise; a forced path is checked.
+
+    PyPI's DGL has CPU kernels only, so the default must depend on the device; forcing DGL where it cannot
+    run is an error rather than a silent fallback, because a caller who forces a path means to test it.
+    """
+    path = validate_path(path)
     device = torch.device(device)
     if path is None:
         return ExecutionPath.DGL if dgl_supports(device) else ExecutionPath.TORCH
-    if not isinstance(path, ExecutionPath):
-        raise TypeError(f"path must be an ExecutionPath or None, got {type(path).__name__}")
     if path is ExecutionPath.DGL and not dgl_supports(device):
         why = f"DGL is not importable ({DGL_IMPORT_ERROR})" if not HAS_DGL else f"this DGL build has no kernels for {device.type}"
         raise RuntimeError(f"ExecutionPath.DGL was forced but {why}; use ExecutionPath.TORCH or path=None")

@@ -50,8 +50,12 @@ class _Tracer(fx.Tracer):
 
 
 @dataclass(frozen=True)
-class _Value:
-    """An activation in flight: which node group holds it and what still has to be applied."""
+class _Activation:
+    """An activation in flight: which node group holds it and what still has to be applied.
+
+    Symbolic: it carries no numbers (those are the node groups' parameter ``values``), only where the
+    activation lives in the stream being built.
+    """
 
     group: int | None  # None: the raw network input, whose node count is fixed by its first reader
     step: int  # timestamp that computed the group (0 for inputs)
@@ -86,12 +90,12 @@ class _Converter:
             if node.op == "placeholder":
                 if sum(n.op == "placeholder" for n in graph.nodes) > 1:
                     raise UnsupportedLayerError("multiple inputs", node.name, "only single-input networks convert")
-                env[node.name] = _Value(group=None, step=0, spatial=self._is_spatial(node))
+                env[node.name] = _Activation(group=None, step=0, spatial=self._is_spatial(node))
             elif node.op == "output":
                 output = self._arg(env, node.args[0], node)
             else:
                 env[node.name] = self._visit(node, env)
-        if not isinstance(output, _Value) or output.group is None:
+        if not isinstance(output, _Activation) or output.group is None:
             raise UnsupportedLayerError(type(self.model).__name__, "output", "the network output is not computed by a layer with weights")
         if output.flatten_hw is not None:
             raise UnsupportedLayerError("Flatten", "output", "a flattened map must feed a Linear layer")
@@ -126,7 +130,7 @@ class _Converter:
             return self._arg(env, a[0], node)
         raise UnsupportedLayerError(f"output {type(a).__name__}", node.name, "the network must return one tensor")
 
-    def _visit(self, node: fx.Node, env) -> _Value:
+    def _visit(self, node: fx.Node, env) -> _Activation:
         if node.op == "call_module":
             return self._module(node, self.modules[node.target], env)
         if node.op == "call_function":
@@ -135,13 +139,13 @@ class _Converter:
             return self._method(node, env)
         raise UnsupportedLayerError(node.op, node.name, "only modules, functions and tensor methods are supported")
 
-    def _src(self, node, env) -> _Value:
+    def _src(self, node, env) -> _Activation:
         a = node.args[0] if node.args else None
-        if not isinstance(a, fx.Node) or not isinstance(env.get(a.name), _Value):
+        if not isinstance(a, fx.Node) or not isinstance(env.get(a.name), _Activation):
             raise UnsupportedLayerError(str(node.target), node.name, "its input is not an activation")
         return env[a.name]
 
-    def _module(self, node, m: nn.Module, env) -> _Value:
+    def _module(self, node, m: nn.Module, env) -> _Activation:
         x = self._src(node, env)
         if isinstance(m, nn.Linear):
             return self._linear(node.target, m.weight, m.bias, x)
@@ -170,7 +174,7 @@ class _Converter:
             hint = "fold it into the preceding layer first: to_event_stream(model.eval(), fold_batchnorm=True)"
         raise UnsupportedLayerError(type(m).__name__, node.target, hint)
 
-    def _function(self, node, env) -> _Value:
+    def _function(self, node, env) -> _Activation:
         f = node.target
         if f in _FUNCTION_TRANSFORMS:
             return self._then(self._src(node, env), _FUNCTION_TRANSFORMS[f])
@@ -195,7 +199,7 @@ class _Converter:
             raise UnsupportedLayerError("F.linear", node.name, "use nn.Linear modules so weights have names")
         raise UnsupportedLayerError(getattr(f, "__name__", str(f)), node.name)
 
-    def _method(self, node, env) -> _Value:
+    def _method(self, node, env) -> _Activation:
         name = node.target
         x = self._src(node, env)
         if name in _METHOD_TRANSFORMS:
@@ -214,17 +218,17 @@ class _Converter:
         raise UnsupportedLayerError(f"Tensor.{name}", node.name)
 
     # -- transforms ----------------------------------------------------------------------------------------
-    def _then(self, x: _Value, t) -> _Value:
+    def _then(self, x: _Activation, t) -> _Activation:
         if x.flatten_hw is not None and not isinstance(t, T.Elementwise):
             raise UnsupportedLayerError(str(t), "after flatten", "only pointwise functions may follow a flatten")
         return replace(x, transforms=x.transforms + (t,), fresh=False)
 
     @staticmethod
-    def _global_pool(x: _Value) -> _Value:
+    def _global_pool(x: _Activation) -> _Activation:
         """(B, C, H, W) -> (B, C): each channel node keeps one scalar from here on."""
         return replace(x, transforms=x.transforms + (T.GlobalAvgPool(),), fresh=False, spatial=False)
 
-    def _scale(self, node, env) -> _Value:
+    def _scale(self, node, env) -> _Activation:
         a, c = node.args[0], node.args[1]
         if isinstance(c, fx.Node):
             a, c = c, a
@@ -233,7 +237,7 @@ class _Converter:
             return self._then(env[a.name], T.Scale(factor))
         raise UnsupportedLayerError("multiplication", node.name, "only scaling by a constant is supported")
 
-    def _flatten(self, node, x: _Value) -> _Value:
+    def _flatten(self, node, x: _Activation) -> _Activation:
         if x.group is None and not x.transforms:
             return replace(x, spatial=False)  # flattened raw input: the first Linear reads in_features input nodes
         if not x.spatial:
@@ -245,7 +249,7 @@ class _Converter:
         return replace(x, flatten_hw=(int(shape[2]), int(shape[3])), spatial=False, fresh=False)
 
     # -- layers with weights -------------------------------------------------------------------------------
-    def _source_group(self, x: _Value, size: int, where: str) -> int:
+    def _source_group(self, x: _Activation, size: int, where: str) -> int:
         if x.group is not None:
             return x.group
         if self.input_group is None:
@@ -254,7 +258,7 @@ class _Converter:
             raise ShapeMismatchError(f"'{where}' reads {size} input nodes but the input has {self.b.node_groups[self.input_group].size}")
         return self.input_group
 
-    def _linear(self, name: str, weight: torch.Tensor, bias, x: _Value) -> _Value:
+    def _linear(self, name: str, weight: torch.Tensor, bias, x: _Activation) -> _Activation:
         out_f, in_f = weight.shape
         w = weight.detach()
         if x.flatten_hw is not None:
@@ -274,7 +278,7 @@ class _Converter:
             wref = ParamRef(f"{name}.weight", (out_f, in_f), flat_index((out_f, in_f, 1)))
         return self._layer(name, src, x, out_f, bias, w3, op, wref, spatial=False)
 
-    def _conv(self, name: str, m: nn.Conv2d, x: _Value) -> _Value:
+    def _conv(self, name: str, m: nn.Conv2d, x: _Activation) -> _Activation:
         if m.groups != 1:
             raise UnsupportedLayerError("Conv2d(groups>1)", name, "grouped/depthwise convolutions are not supported")
         if isinstance(m.padding, str) or m.padding_mode != "zeros":
@@ -290,19 +294,19 @@ class _Converter:
         wref = ParamRef(f"{name}.weight", (c_out, c_in, kh, kw), flat_index((c_out, c_in, kh * kw)))
         return self._layer(name, src, x, c_out, m.bias, w3, op, wref, spatial=True)
 
-    def _layer(self, name, src, x: _Value, n_out, bias, w3, op, wref, spatial) -> _Value:
+    def _layer(self, name, src, x: _Activation, n_out, bias, w3, op, wref, spatial) -> _Activation:
         step = self.b.new_step()
         bref = (ParamRef(f"{name}.bias", (n_out,), torch.arange(n_out), slot=0),) if bias is not None else ()
         dst = self.b.add_nodes(name, n_out, params=bref, bias=None if bias is None else bias.detach())
         self.b.add_edges(f"{name}.weight", src, dst, op, w3, src_transform=x.transforms, params=(wref,))
-        return _Value(group=dst, step=step, fresh=True, spatial=spatial)
+        return _Activation(group=dst, step=step, fresh=True, spatial=spatial)
 
-    def _add(self, node, env) -> _Value:
+    def _add(self, node, env) -> _Activation:
         a, b = (env.get(n.name) if isinstance(n, fx.Node) else n for n in node.args[:2])
-        if not isinstance(a, _Value) or not isinstance(b, _Value):
-            if isinstance(a, _Value) and isinstance(b, (int, float)):
+        if not isinstance(a, _Activation) or not isinstance(b, _Activation):
+            if isinstance(a, _Activation) and isinstance(b, (int, float)):
                 return self._then(a, T.Shift(float(b)))
-            if isinstance(b, _Value) and isinstance(a, (int, float)):
+            if isinstance(b, _Activation) and isinstance(a, (int, float)):
                 return self._then(b, T.Shift(float(a)))
             raise UnsupportedLayerError("add", node.name, "only activation + activation or activation + constant")
         dst, src = (a, b) if a.step >= b.step else (b, a)
