@@ -30,3 +30,18 @@ class EmptyModelError(DNGError):
 
 class StreamValidationError(DNGError):
     pass
+
+
+class UnsupportedOptionError(UnsupportedLayerError):
+    """A supported layer or function called with an option the converter cannot reproduce exactly."""
+
+    def __init__(self, layer: str, position: str, option: str, value, supported: str):
+        self.option, self.value = option, value
+        DNGError.__init__(
+            self, f"unsupported option {option}={value!r} of {layer} at position '{position}': supported {option}: {supported}"
+        )
+        self.layer, self.position = layer, position
+
+
+class InvalidParameterError(DNGError):
+    """A state_dict entry that is not a tensor of real numbers (None, a string, a meta tensor, ...)."""

@@ -33,7 +33,7 @@ def test_stacked_matches_modules_and_training_learns():
                            loss_log=log)
     assert np.mean(log[-5:]) < np.mean(log[:5])
     assert torch.isfinite(acc).all() and set(snap) == set(SimpleViT(**KW).state_dict())
-    assert not torch.equal(snap["linear_head.1.weight"][0], snap["linear_head.1.weight"][2])
+    assert not torch.equal(snap["linear_head.weight"][0], snap["linear_head.weight"][2])
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,54 @@ def test_build_tiny_vit_zoo(built):
         model.load_state_dict(sd)
         with torch.no_grad():
             assert (model(xt).argmax(1) == yt).float().mean().item() == pytest.approx(acc, abs=1e-6)
-    stream = dng_tgn.to_event_stream(ds[0][0], heads=ds.model_kwargs["heads"])
-    assert isinstance(stream, dng_tgn.EventStream)
+    # the zoo writes the current vit-pytorch layout and records the head count, which the weights cannot tell
+    assert meta["heads"] == 2 and ds.heads == 2 and "1.26" in meta["layout"]
+    assert ds.model_kwargs["final_norm_in_transformer"] and "transformer.norm.weight" in ds[0][0]
+    stream = dng_tgn.to_event_stream(ds[0][0], heads=ds.heads)
+    model = SimpleViT(**ds.model_kwargs).eval()
+    model.load_state_dict(ds[0][0])
+    with torch.no_grad():
+        torch.testing.assert_close(dng_tgn.replay(stream, xt[:8]), model(xt[:8]), atol=1e-5, rtol=1e-5)
+
+
+def _older_layout_zoo(built, out):
+    """A copy of ``built`` as zoos were written before: vit-pytorch 1.2.0 head, no layout or 'heads' in meta.json."""
+    import shutil
+
+    shutil.copytree(built, out)
+    params = torch.load(out / "models.pt")
+    n = params["linear_head.weight"].shape[0]
+    params["linear_head.1.weight"], params["linear_head.1.bias"] = params.pop("linear_head.weight"), params.pop("linear_head.bias")
+    params["linear_head.0.weight"], params["linear_head.0.bias"] = params.pop("transformer.norm.weight"), params.pop("transformer.norm.bias")
+    torch.save(params, out / "models.pt")
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["heads"], meta["layout"], meta["model_kwargs"]["final_norm_in_transformer"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    return n
+
+
+def test_older_layout_zoo_still_loads(built, tmp_path):
+    n = _older_layout_zoo(built, tmp_path / "old")
+    ds = ViTZooDataset(tmp_path / "old", "all")
+    assert len(ds) == n and ds.heads == 2 and ds.model_kwargs["final_norm_in_transformer"] is False
+    sd, _ = ds[3]
+    model = SimpleViT(**ds.model_kwargs).eval()
+    model.load_state_dict(sd)
+    x = to_signed(load_digits("test")[0][:6])
+    with torch.no_grad():
+        torch.testing.assert_close(dng_tgn.replay(dng_tgn.to_event_stream(sd, heads=ds.heads), x), model(x),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_zoo_heads_must_agree(built, tmp_path):
+    import shutil
+
+    shutil.copytree(built, tmp_path / "z")
+    meta = json.loads((tmp_path / "z" / "meta.json").read_text())
+    meta["heads"] = 4
+    (tmp_path / "z" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(KeyError, match="head count"):
+        ViTZooDataset(tmp_path / "z", "all")
 
 
 def test_vit_resume_and_corrupt(built, tmp_path, monkeypatch):

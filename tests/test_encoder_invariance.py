@@ -100,7 +100,7 @@ def _vit_block_permutation(heads: int, dh: int, mlp: int, block: int, g: torch.G
         (f"{pre}.0.to_qkv.weight", 0, torch.cat(rows)), (f"{pre}.0.to_out.weight", 1, cols),
         (f"{pre}.1.net.1.weight", 0, hid), (f"{pre}.1.net.1.bias", 0, hid), (f"{pre}.1.net.3.weight", 1, hid),
     ]
-    # node groups q{h}/k{h}/v{h}: new head h holds old head head_perm[h], its dims reordered
+    # node groups qk{h}/v{h}/z{h}: new head h holds old head head_perm[h], its dims reordered
     groups = {f"{pre}.mlp_hidden": hid}
     return edits, groups, head_perm, qk, v
 
@@ -124,15 +124,36 @@ def test_vit_hidden_permutation(path):
 
     enc = DNGEncoder(D, fourier_size=F, max_timestamps=12, path=path, device="cpu")
     _check(enc, model, perm, groups)
-    # Q/K/V nodes: new (head h, dim i) is old (head head_perm[h], dim within[i])
+    # score nodes s_e (Q/K), value and output nodes v_d, z_d: new (head h, dim i) is old (head head_perm[h], dim within[i])
     a, b = _encode_both(enc, model, perm)
     stream = dng_tgn.to_event_stream(model)
     for block, head_perm, qk, v in head_perms:
-        for role, within in (("q", qk), ("k", qk), ("v", v)):
+        for role, within in (("qk", qk), ("v", v), ("z", v)):
             for h in range(heads):
                 new = b.node_memory[_group(stream, f"transformer.layers.{block}.{role}{h}")]
                 old = a.node_memory[_group(stream, f"transformer.layers.{block}.{role}{int(head_perm[h])}")]
                 assert (new - old[within[h]]).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.value)
+def test_vit_control_the_same_permutation_without_to_out(path):
+    """Control beside the ViT test: V rows and heads permuted as there, but to_out's columns left alone.
+
+    More pairs of symmetry and control (K without Q, one dimension across heads, ...) are in test_vit_attention.py.
+    """
+    torch.manual_seed(0)
+    heads, dh, mlp = 2, 4, 16
+    model = SimpleViT(dim=8, heads=heads, dim_head=dh, mlp_dim=mlp)
+    g = torch.Generator().manual_seed(1)
+    edits = []
+    for block in range(2):
+        edits += [e for e in _vit_block_permutation(heads, dh, mlp, block, g)[0] if not e[0].endswith("to_out.weight")]
+    broken = _permuted(model, edits)
+    x = torch.randn(3, 1, 28, 28)
+    assert (model(x) - broken(x)).abs().max() > 1e-3  # not a symmetry
+    enc = DNGEncoder(D, fourier_size=F, max_timestamps=12, path=path, device="cpu")
+    a, b = _encode_both(enc, model, broken)
+    assert (a.embedding - b.embedding).norm() / a.embedding.norm() >= 1e-2
 
 
 def test_a_non_symmetry_changes_the_embedding():

@@ -85,9 +85,10 @@ def test_zoo_cnn_state_dict(act, name):
 @pytest.mark.parametrize("newer_layout", [False, True])
 def test_vit_every_parameter_exactly_once(newer_layout):
     torch.manual_seed(4)
-    m = SimpleViT(final_norm_in_transformer=newer_layout)
+    m = SimpleViT(final_norm_in_transformer=newer_layout).eval()
     s = dng_tgn.to_event_stream(m)
     assert s.num_timestamps == 12  # embedding 1 + 2 blocks x (3 attention + 2 MLP) + head 1
+    check(m, torch.randn(3, 1, 28, 28), s)  # the stream is the forward pass (more in test_vit_attention.py)
     recovered = s.recover_parameters()  # raises if any scalar is encoded twice or missing
     sd = m.state_dict()
     assert set(recovered) == set(sd)
@@ -97,11 +98,14 @@ def test_vit_every_parameter_exactly_once(newer_layout):
 
 
 def test_vit_state_dict_needs_heads():
-    m = SimpleViT()
+    m = SimpleViT().eval()
     with pytest.raises(ValueError, match="heads"):
         dng_tgn.to_event_stream(m.state_dict())
+    with pytest.raises(ValueError, match="heads=3 does not divide the attention width 32"):
+        dng_tgn.to_event_stream(m.state_dict(), heads=3)
     s = dng_tgn.to_event_stream(m.state_dict(), heads=2)
     assert s.num_timestamps == 12
+    check(m, torch.randn(2, 1, 28, 28), s)
 
 
 def test_arch_hint_loads_state_dict():

@@ -1,9 +1,10 @@
 """Build a ViT zoo (python -m dng_tgn.data.build_vit_zoo --help), after the paper's App. E.2.
 
-Each model is a 2-block SimpleViT (vit-pytorch parameter names) with its own initialisation seed, its own random
+Each model is a 2-block SimpleViT (the current vit-pytorch layout, 1.26.x) with its own initialisation seed, its own random
 batches and its own stop epoch drawn uniformly from 1..--max-epochs; its test accuracy is recorded at that epoch. An "epoch" is
 --steps-per-epoch Adam steps (the full preset uses one pass over the training set). Models train --shard-size at a
-time; each shard is saved atomically under _shards/ so a rerun resumes. Read the result with ViTZooDataset.
+time; each shard is saved atomically under _shards/ so a rerun resumes. meta.json records the head count, which
+the weights do not. Read the result with ViTZooDataset.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ..device import resolve_device
 from .shards import (add_run_arguments, apply_preset, open_output, CorruptShardError, atomic_torch_save,
                      atomic_write_bytes, atomic_write_json, shard_ranges, torch_load)
 from .sources import load_images, to_signed
-from .vit_zoo import train_vits, vit_split
+from .vit_zoo import VIT_PYTORCH_LAYOUT, train_vits, vit_split
 
 PRESETS = {
     "cpu": dict(n_models=128, shard_size=64, steps_per_epoch=30, max_epochs=5, n_eval=1000),
@@ -64,7 +65,8 @@ def build(args) -> Path:
     size = x_tr.shape[1]
     args.model_kwargs = dict(image_size=size, patch_size=args.patch_size or (7 if size % 7 == 0 else 4),
                              num_classes=10, dim=args.dim, depth=args.depth, heads=args.heads, mlp_dim=args.mlp_dim,
-                             channels=1 if x_tr.ndim == 3 else x_tr.shape[-1], dim_head=args.dim_head)
+                             channels=1 if x_tr.ndim == 3 else x_tr.shape[-1], dim_head=args.dim_head,
+                             final_norm_in_transformer=True)  # the current vit-pytorch layout (see nets/simple_vit.py)
     settings = {k: getattr(args, k) for k in SETTINGS}
     out = open_output(args, settings)
     meta_path = out / "meta.json"
@@ -72,7 +74,9 @@ def build(args) -> Path:
     seeds = [int(s) for s in rng.integers(2**31, size=args.n_models)]
     stops = [int(s) for s in rng.integers(1, args.max_epochs + 1, size=args.n_models)]
     eval_idx = rng.permutation(len(x_te))[: args.n_eval]
-    meta = dict(settings, split_seed=0, eval_test_indices=eval_idx.tolist(), complete=False)
+    # the weights do not record the head count (only heads x dim_head): loaders take it from here
+    meta = dict(settings, split_seed=0, eval_test_indices=eval_idx.tolist(), complete=False, heads=args.heads,
+                layout=VIT_PYTORCH_LAYOUT)
     atomic_write_json(meta, meta_path)
     data = (to_signed(x_tr), torch.from_numpy(y_tr), to_signed(x_te[eval_idx]), torch.from_numpy(y_te[eval_idx]))
     device = resolve_device(args.device)

@@ -5,7 +5,7 @@ Training is vectorised with ``torch.func``: the models' parameters are stacked a
 ``functional_call`` runs them all, each on its own batch. Adam is elementwise, so one Adam over the stacked tensors
 is one Adam per model. A model's parameters are snapshotted (and scored) at the end of its stop epoch.
 
-On disk (``root``): meta.json (SimpleViT kwargs, settings), models.pt ({name: stacked tensor}), metrics.csv
+On disk (``root``): meta.json (SimpleViT kwargs, ``heads``, ``layout``, settings), models.pt ({name: stacked tensor}), metrics.csv
 (model_id, seed, stop_epoch, test_accuracy, split), _shards/ while building.
 """
 from __future__ import annotations
@@ -22,9 +22,13 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils.data import Dataset
 
-from dng_tgn.nets.simple_vit import SimpleViT
+from dng_tgn.nets.simple_vit import SimpleViT, layout_kwargs
 
 from .shards import torch_load
+
+
+# meta.json "layout" of zoos written now; zoos without it are read in whichever layout their weights are in
+VIT_PYTORCH_LAYOUT = "vit-pytorch SimpleViT, current layout (transformer.norm + linear_head; 1.26.x)"
 
 
 def vit_split(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -109,7 +113,9 @@ def train_vits(model_kwargs, seeds, stop_epochs, x_train, y_train, x_test, y_tes
 class ViTZooDataset(Dataset):
     """Items are ``(state_dict, test_accuracy)`` with vit-pytorch SimpleViT keys; split is a seeded 80/10/10.
 
-    ``model_kwargs`` rebuilds the architecture: ``SimpleViT(**ds.model_kwargs).load_state_dict(ds[i][0])``.
+    ``model_kwargs`` rebuilds the architecture: ``SimpleViT(**ds.model_kwargs).load_state_dict(ds[i][0])``; zoos in
+    the older vit-pytorch layout (``linear_head.{0,1}``) load too. ``heads`` is the attention head count, which the
+    weights do not record: convert items with ``dng_tgn.to_event_stream(sd, heads=ds.heads)``.
     """
 
     def __init__(self, root, split: str = "train"):
@@ -119,18 +125,37 @@ class ViTZooDataset(Dataset):
                 raise FileNotFoundError(f"ViT zoo folder {root} lacks {f} (unfinished build?)")
         if split not in ("train", "val", "test", "all"):
             raise ValueError(f"split must be train/val/test/all, got {split!r}")
-        self.metadata = json.loads((root / "meta.json").read_text())
-        self.model_kwargs = self.metadata["model_kwargs"]
+        from .input_checks import CorruptInputError, read_csv_file, read_json_file  # file checks: named errors
+
+        self.metadata = read_json_file(root / "meta.json", "ViT zoo meta.json")
+        if not isinstance(self.metadata.get("model_kwargs"), dict):
+            raise CorruptInputError(f"{root / 'meta.json'}: lacks the SimpleViT 'model_kwargs' object")
+        self.model_kwargs = dict(self.metadata["model_kwargs"])
         params = torch_load(root / "models.pt", "ViT zoo weights")
-        metrics = pd.read_csv(root / "metrics.csv")
+        if not isinstance(params, dict) or not all(isinstance(v, torch.Tensor) for v in params.values()):
+            raise CorruptInputError(f"{root / 'models.pt'}: expected {{name: stacked tensor}}, got {type(params).__name__}")
+        if "final_norm_in_transformer" not in self.model_kwargs:  # zoos written before the layout was recorded
+            self.model_kwargs.update(layout_kwargs(params))
+        heads = {int(h) for h in (self.metadata.get("heads"), self.model_kwargs.get("heads")) if h is not None}
+        if len(heads) != 1:
+            raise KeyError(f"{root}/meta.json must record the attention head count once ('heads', model_kwargs['heads']), "
+                           f"got {sorted(heads)}: the weights do not record it")
+        self.heads = heads.pop()
+        metrics = read_csv_file(root / "metrics.csv", ("test_accuracy",), numeric=("test_accuracy",),
+                                what="ViT zoo metrics file")
         n = len(metrics)
         bad = {k: tuple(v.shape) for k, v in params.items() if v.shape[0] != n}
         if bad:
             raise ValueError(f"{root}/models.pt: tensors {bad} do not have {n} rows like metrics.csv")
-        expected = set(SimpleViT(**self.model_kwargs).state_dict())
+        shapes = {k: tuple(v.shape) for k, v in SimpleViT(**self.model_kwargs).state_dict().items()}
+        expected = set(shapes)
         if set(params) != expected:
             raise KeyError(f"{root}/models.pt keys differ from SimpleViT({self.model_kwargs}): "
                            f"missing {sorted(expected - set(params))}, extra {sorted(set(params) - expected)}")
+        wrong = {k: (tuple(v.shape[1:]), shapes[k]) for k, v in params.items() if tuple(v.shape[1:]) != shapes[k]}
+        if wrong:
+            raise CorruptInputError(f"{root}/models.pt: per-model tensor shapes {wrong} (found, expected from "
+                                    f"meta.json's model_kwargs)")
         self.idx = vit_split(n, int(self.metadata.get("split_seed", 0)))[split]
         self.params = params
         self.metrics = metrics.iloc[self.idx].reset_index(drop=True)

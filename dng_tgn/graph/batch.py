@@ -102,7 +102,8 @@ class StreamBatch:
 def _signature(s: EventStream):
     return (
         tuple((g.size, int(g.kind), tuple(g.slot_mask.tolist()), g.input_index_base) for g in s.node_groups),
-        tuple((e.src, e.dst, int(e.kind), int(e.pattern), e.slots, e.span) for e in s.edge_groups),
+        tuple((e.src, e.dst, int(e.kind), int(e.pattern), e.slots, e.span,
+               None if e.pairs is None else (e.pairs.shape[1], hash(e.pairs.numpy().tobytes()))) for e in s.edge_groups),
         tuple(tuple(st) for st in s.steps),
         s.output_group,
     )
@@ -258,21 +259,32 @@ def batch_state_dicts(state_dicts: list, progress: bool = False, **convert_kwarg
     networks, and gather the stacked values into that reference stream's node and edge slots through the
     :class:`ParamRef` indices the converter recorded. Finiteness is checked on the stacked tensors and the
     offending network is named.
+
+    With ``fold_batchnorm=True`` (and ``arch=``), every network's BatchNorm statistics are folded into its
+    own stacked Linear/Conv2d parameters, exactly as :func:`dng_tgn.to_event_stream` folds one network.
     """
-    from .convert import to_event_stream
+    from .convert import batchnorm_fold_plan, check_parameter_value, fold_batchnorm_parameters, to_event_stream
 
     if not state_dicts:
         raise ValueError("batch_state_dicts needs at least one state_dict")
+    state_dicts = [
+        {k: check_parameter_value(k if len(state_dicts) == 1 else f"#{i}: {k}", v) for k, v in sd.items()} for i, sd in enumerate(state_dicts)
+    ]
+    plan = []
+    if convert_kwargs.get("fold_batchnorm") and convert_kwargs.get("arch") is not None:
+        plan = batchnorm_fold_plan(convert_kwargs["arch"])
     kinds: dict[tuple, list[int]] = {}
     for i, sd in enumerate(state_dicts):
         kinds.setdefault(tuple((k, tuple(v.shape)) for k, v in sd.items()), []).append(i)
     stacks = []
     for members in kinds.values():
-        keys = [k for k, _ in next(iter([tuple((k, tuple(v.shape)) for k, v in state_dicts[members[0]].items())]))]
+        keys = list(state_dicts[members[0]])
         stacked = {k: torch.stack([state_dicts[i][k] for i in members]).float() for k in keys}
         for k, v in stacked.items():
             _check_finite(v.reshape(len(members), -1), members, k)
         reference = to_event_stream(state_dicts[members[0]], **convert_kwargs)
+        if plan:
+            stacked = fold_batchnorm_parameters(stacked, plan, batched=True)
         stacks.append(_stack_parameters(reference, members, stacked))
     return _assemble(stacks, len(state_dicts))
 

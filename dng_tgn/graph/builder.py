@@ -45,6 +45,7 @@ class StreamBuilder:
         src_transform: tuple = (),
         params: tuple[ParamRef, ...] = (),
         step: int | None = None,
+        pairs: torch.Tensor | None = None,
     ) -> int:
         """Add an edge group to timestamp ``step`` (default: the newest one)."""
         if not self.steps:
@@ -53,7 +54,8 @@ class StreamBuilder:
             weight = weight.detach().float()  # finiteness is checked once, by EventStream.validate
         slots = 1 if weight is None else int(weight.shape[-1])
         self.edge_groups.append(
-            EdgeGroup(name, src, dst, kind, pattern, op, weight, slots=slots, span=span, src_transform=tuple(src_transform), params=params)
+            EdgeGroup(name, src, dst, kind, pattern, op, weight, slots=slots, span=span, src_transform=tuple(src_transform), params=params,
+                      pairs=None if pairs is None else pairs.long())
         )
         idx = len(self.edge_groups) - 1
         self.steps[(step or len(self.steps)) - 1].append(idx)

@@ -58,14 +58,18 @@ class NodeKind(IntEnum):
 class EdgeKind(IntEnum):
     WEIGHT = 0  # feature = RFF of the weight scalars
     RESIDUAL = 1  # feature = theta_res * span (App. E.1)
-    ATTN_Q = 2  # parameter-free attention edges: learnable vectors (App. E.2)
-    ATTN_K = 3
-    ATTN_V = 4
+    # attention (App. E.2 as rebuilt in graph/convert/vit.py):
+    ATTN_Q = 2  # x -> score node s_e, weight W_Q[e, j]: feature = RFF(weight) * a learnable query-role vector
+    ATTN_K = 3  # x -> score node s_e, weight W_K[e, j]: feature = RFF(weight) * a learnable key-role vector
+    ATTN_V = 4  # v_d -> z_d, index-paired, parameter-free: a learnable vector
+    ATTN_SCORE = 5  # s_e -> z_d, every pair of one head, parameter-free: a learnable vector
+    GATE = 6  # x_i -> p_i and g_i -> p_i, index-paired, parameter-free: p = x * g (squeeze-and-excitation)
 
 
 class Pattern(IntEnum):
     DENSE = 0  # every (dst, src) pair, dst-major
     IDENTITY = 1  # i -> i
+    SPARSE = 2  # the listed (dst, src) pairs only (``EdgeGroup.pairs``): grouped/depthwise convs, channel subsets
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class NodeGroup:
     offset: int = 0  # first global node id
     params: tuple[ParamRef, ...] = ()
     input_index_base: int = 0  # input nodes: position of node 0 among the network's inputs
+    norm_eps: float = 1e-5  # eps of the LayerNorm in the norm slots (ConvNeXt uses 1e-6)
 
     @property
     def ids(self) -> torch.Tensor:
@@ -113,6 +118,7 @@ class EdgeGroup:
     params: tuple[ParamRef, ...] = ()
     offset: int = 0  # first global edge id
     num_edges: int = 0
+    pairs: torch.Tensor | None = None  # SPARSE: (2, E) local (dst, src) node indices; weight is then (E, 1, slots)
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,8 @@ class EventStream:
     # ----- structure -----------------------------------------------------------------------------------
     def _count_edges(self, e: EdgeGroup) -> int:
         ns, nd = self.node_groups[e.src].size, self.node_groups[e.dst].size
+        if e.pattern == Pattern.SPARSE:
+            return int(e.pairs.shape[1])
         return ns * nd if e.pattern == Pattern.DENSE else nd
 
     @property
@@ -216,6 +224,8 @@ class EventStream:
         if g.pattern == Pattern.DENSE:
             src = torch.arange(s.size).repeat(d.size)
             dst = torch.arange(d.size).repeat_interleave(s.size)
+        elif g.pattern == Pattern.SPARSE:
+            dst, src = g.pairs[0], g.pairs[1]
         else:
             src = dst = torch.arange(d.size)
         return src + s.offset, dst + d.offset
@@ -357,7 +367,7 @@ class EventStream:
         for i, g in enumerate(self.node_groups):
             if g.values.shape != (g.size, NUM_NODE_SLOTS):
                 raise ShapeMismatchError(f"node group '{g.name}': values {tuple(g.values.shape)} != ({g.size}, {NUM_NODE_SLOTS})")
-            if not torch.isfinite(g.values).all():
+            if not _all_finite(g.values):
                 raise NonFiniteWeightsError(f"node group '{g.name}' has NaN or inf parameters")
             if g.kind != NodeKind.INPUT and i not in added_once:
                 raise StreamValidationError(f"node group '{g.name}' is never computed by any timestamp")
@@ -369,6 +379,20 @@ class EventStream:
         src_ready = s.kind == NodeKind.INPUT or added_at.get(e.src, l) < l
         if not src_ready:
             raise StreamValidationError(f"edge group '{e.name}' at t^{l} reads '{s.name}' before it is computed")
+        if e.pattern == Pattern.SPARSE:
+            p = e.pairs
+            nd = self.node_groups[e.dst].size
+            if p is None or p.dim() != 2 or p.shape[0] != 2:
+                raise ShapeMismatchError(f"edge group '{e.name}': a sparse edge group needs (2, E) (dst, src) pairs")
+            if p.numel() and (int(p[0].min()) < 0 or int(p[0].max()) >= nd or int(p[1].min()) < 0 or int(p[1].max()) >= s.size):
+                raise ShapeMismatchError(f"edge group '{e.name}': pairs out of range for {s.size} -> {nd} nodes")
+            if e.weight is not None and (e.weight.dim() != 3 or tuple(e.weight.shape[:2]) != (p.shape[1], 1)):
+                raise ShapeMismatchError(f"edge group '{e.name}': sparse weight {tuple(e.weight.shape)} != ({p.shape[1]}, 1, slots)")
+            if e.weight is not None and not _all_finite(e.weight):
+                raise NonFiniteWeightsError(f"edge group '{e.name}' has NaN or inf weights")
+            if e.weight is not None and e.weight.shape[2] > self.num_slots:
+                raise ShapeMismatchError(f"edge group '{e.name}' has {e.weight.shape[2]} slots > K={self.num_slots}")
+            return
         if e.kind == EdgeKind.WEIGHT:
             nd, ns = self.node_groups[e.dst].size, s.size
             if e.weight is None or e.weight.dim() != 3 or tuple(e.weight.shape[:2]) != (nd, ns):
@@ -376,7 +400,7 @@ class EventStream:
                 raise ShapeMismatchError(f"edge group '{e.name}': weight {got} does not connect {ns} -> {nd} nodes")
             if e.weight.shape[2] > self.num_slots:
                 raise ShapeMismatchError(f"edge group '{e.name}' has {e.weight.shape[2]} slots > K={self.num_slots}")
-            if not torch.isfinite(e.weight).all():
+            if not _all_finite(e.weight):
                 raise NonFiniteWeightsError(f"edge group '{e.name}' has NaN or inf weights")
         if e.pattern == Pattern.IDENTITY and s.size != self.node_groups[e.dst].size:
             raise ShapeMismatchError(
@@ -489,6 +513,11 @@ class Snapshot:
 
     def __repr__(self) -> str:
         return f"Snapshot(t={self.t}, nodes={self.num_nodes}, edges={self.num_edges}, groups={self.node_groups()})"
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry is finite: one sum (NaN/inf propagate through it), the exact test only if the sum is not."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def node_values(size: int, **slots: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,13 +8,20 @@ encoder never sees them (the paper's node features are RFFs of biases).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 
 class Transform:
-    """A parameter-free map on activations; subclasses are small frozen dataclasses."""
+    """A parameter-free map on activations; subclasses are small frozen dataclasses.
+
+    ``pointwise`` transforms act on each scalar alone, so they commute with reshapes (they may follow a
+    flatten); the others (pooling) need the feature-map layout.
+    """
+
+    pointwise: ClassVar[bool] = True
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -25,16 +32,20 @@ class Transform:
 
 @dataclass(frozen=True)
 class Elementwise(Transform):
-    """A named pointwise nonlinearity; ``fn`` is a torch function so replay is exact."""
+    """A named pointwise nonlinearity; ``fn`` is a torch function so replay is exact.
+
+    ``options`` are keyword arguments of ``fn`` as ``(name, value)`` pairs, e.g. ELU's ``alpha``.
+    """
 
     name: str
     fn: object
+    options: tuple = ()
 
     def __call__(self, x):
-        return self.fn(x)
+        return self.fn(x, **dict(self.options))
 
     def __str__(self):
-        return self.name
+        return self.name + (f"({', '.join(f'{k}={v!r}' for k, v in self.options)})" if self.options else "")
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,8 @@ class LeakyReLU(Transform):
 class GlobalAvgPool(Transform):
     """(B, C, H, W) -> (B, C): each channel node keeps one scalar."""
 
+    pointwise: ClassVar[bool] = False
+
     def __call__(self, x):
         return x.mean(dim=tuple(range(2, x.dim())))
 
@@ -81,16 +94,44 @@ class GlobalAvgPool(Transform):
 class Pool2d(Transform):
     """Per-channel spatial pooling: it changes feature-map size, never the node set."""
 
+    pointwise: ClassVar[bool] = False
+
     op: object  # F.max_pool2d or F.avg_pool2d
     kernel_size: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
+    options: tuple = ()  # further keyword arguments of ``op`` as (name, value) pairs: ceil_mode, dilation, ...
 
     def __call__(self, x):
-        return self.op(x, self.kernel_size, self.stride, self.padding)
+        return self.op(x, self.kernel_size, self.stride, self.padding, **dict(self.options))
 
     def __str__(self):
         return f"{self.op.__name__}{self.kernel_size}"
+
+
+@dataclass(frozen=True)
+class Reshape(Transform):
+    """``x.reshape(batch, *shape)``: e.g. a flattened map the network returns as it is."""
+
+    pointwise: ClassVar[bool] = False
+
+    shape: tuple
+
+    def __call__(self, x):
+        return x.reshape(x.shape[0], *self.shape)
+
+    def __str__(self):
+        return f"reshape{self.shape}"
+
+
+@dataclass(frozen=True)
+class Unsqueeze(Transform):
+    """(B, C, L) -> (B, C, L, 1): 1-d feature maps run as one-column 2-d maps (exact for Conv1d and 1-d pools)."""
+
+    pointwise: ClassVar[bool] = False
+
+    def __call__(self, x):
+        return x.unsqueeze(-1)
 
 
 RELU = Elementwise("relu", torch.relu)
@@ -119,3 +160,39 @@ class Shift(Transform):
 
     def __str__(self):
         return f"+{self.offset:g}"
+
+
+RELU6 = Elementwise("relu6", F.relu6)
+HARDSWISH = Elementwise("hardswish", F.hardswish)
+HARDSIGMOID = Elementwise("hardsigmoid", F.hardsigmoid)
+MISH = Elementwise("mish", F.mish)
+
+
+@dataclass(frozen=True)
+class AdaptiveAvgPool2d(Transform):
+    """Per-channel adaptive average pooling to ``output_size`` (a pair; exact: the same torch function)."""
+
+    pointwise: ClassVar[bool] = False
+
+    output_size: tuple
+
+    def __call__(self, x):
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def __str__(self):
+        return f"adaptive_avg_pool{self.output_size}"
+
+
+@dataclass(frozen=True)
+class Permute(Transform):
+    """``x.permute(*dims)``: e.g. (B, C, H, W) -> (B, H, W, C) before a channels-last LayerNorm/Linear."""
+
+    pointwise: ClassVar[bool] = False
+
+    dims: tuple
+
+    def __call__(self, x):
+        return x.permute(*self.dims)
+
+    def __str__(self):
+        return f"permute{self.dims}"

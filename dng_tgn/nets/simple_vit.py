@@ -1,11 +1,20 @@
 """SimpleViT (Beyer et al. 2022) with vit-pytorch's parameter names, so its checkpoints load.
 
 vit-pytorch itself is not a dependency: it imports torchvision, which does not load beside the CPU torch we
-pin. The layout below is written from its public parameter names:
-``to_patch_embedding.{1,2,3}``, ``transformer.layers.{i}.0.{norm,to_qkv,to_out}``,
-``transformer.layers.{i}.1.net.{0,1,3}`` and ``linear_head.{0,1}``.
-Newer vit-pytorch releases move the last LayerNorm to ``transformer.norm`` and make ``linear_head`` a bare
-Linear; ``final_norm_in_transformer=True`` builds that variant.
+pin. The layouts below are written from its documented parameter names (not from its code) and were checked
+against vit-pytorch's ``simple_vit.py`` of 1.2.0, 1.2.1, 1.2.9 and 1.26.14: same keys, shapes and outputs.
+
+* **current** (default, ``final_norm_in_transformer=True``; vit-pytorch 1.26.x): ``to_patch_embedding.{1,2,3}``
+  (LayerNorm, Linear, LayerNorm), ``transformer.layers.{i}.0.{norm,to_qkv,to_out}`` (the pre-norm inside
+  Attention), ``transformer.layers.{i}.1.net.{0,1,3}`` (LayerNorm, Linear, GELU, Linear inside FeedForward),
+  ``transformer.norm`` and a bare ``linear_head`` Linear: tokens are normalised, then mean-pooled.
+* **older** (``final_norm_in_transformer=False``; vit-pytorch 1.2.x): the same, but no ``transformer.norm`` and
+  ``linear_head = [LayerNorm, Linear]`` (``linear_head.{0,1}``): tokens are mean-pooled, then normalised.
+  Kept so that zoos and checkpoints written in it still load (:func:`layout_kwargs` tells them apart).
+
+The constructor's defaults are small CPU sizes (28x28 grayscale, ``dim_head=16``); vit-pytorch's own defaults
+are ``channels=3, dim_head=64`` and it has none for the other sizes, so pass the sizes a checkpoint was built with.
+The number of heads is not recorded by the weights: only ``heads * dim_head`` is.
 """
 from __future__ import annotations
 
@@ -94,7 +103,7 @@ class SimpleViT(nn.Module):
         mlp_dim: int = 64,
         channels: int = 1,
         dim_head: int = 16,
-        final_norm_in_transformer: bool = False,
+        final_norm_in_transformer: bool = True,
     ):
         super().__init__()
         if image_size % patch_size:
@@ -117,3 +126,14 @@ class SimpleViT(nn.Module):
         x = self.to_patch_embedding(img) + self.pos_embedding
         x = self.transformer(x).mean(dim=1)
         return self.linear_head(x)
+
+
+def layout_kwargs(state_dict) -> dict:
+    """``{"final_norm_in_transformer": ...}`` for a SimpleViT state_dict: which of the two layouts it is in."""
+    keys = set(state_dict)
+    if "transformer.norm.weight" in keys and "linear_head.weight" in keys:
+        return {"final_norm_in_transformer": True}
+    if "linear_head.0.weight" in keys and "linear_head.1.weight" in keys:
+        return {"final_norm_in_transformer": False}
+    raise KeyError("not a SimpleViT state_dict of a known layout: expected 'transformer.norm.*' + 'linear_head.*' "
+                   "(current vit-pytorch) or 'linear_head.0.*' + 'linear_head.1.*' (vit-pytorch 1.2.0)")

@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from typing import Mapping
 
 import torch
 from torch import nn
 
-from ...errors import EmptyModelError, MissingParameterError, NonFiniteWeightsError, ShapeMismatchError
+from ...errors import (
+    EmptyModelError, InvalidParameterError, MissingParameterError, NonFiniteWeightsError, ShapeMismatchError, UnsupportedLayerError,
+)
 from .. import transforms as T
+from ..events import _all_finite
 from ..builder import StreamBuilder
 from ..edge_ops import Conv, Dense
 from ..events import EventStream, ParamRef, flat_index
 from .mlp import LinearLayer, mlp_stream
-from .module import module_stream
+from .module import (
+    FUNCTIONS, METHODS, MODULES, REQUIRED, Option, OpSpec, any_of, module_stream, only, pointwise, register_function,
+    register_method, register_module, supported_table, where,
+)
 from .vit import is_simple_vit_state_dict, vit_stream
 
 _NFN = re.compile(r"^net\.(\d+)\.(?:linear\.)?(weight|bias)$")
@@ -40,6 +47,11 @@ def to_event_stream(
 ) -> EventStream:
     """Convert a trained network into its dynamic neural graph.
 
+    An ``nn.Module`` converts op by op from an explicit allow-list (see :mod:`.module` and the README's
+    "What converts"): ``replay(stream, x)`` equals ``model(x)``, or an :class:`UnsupportedLayerError` /
+    :class:`UnsupportedOptionError` names the node, the op and the option. Non-float32 weights are cast to
+    float32 with a warning; ``None``/string/meta entries raise :class:`InvalidParameterError`.
+
     Args:
         model_or_state_dict: an ``nn.Module`` or a ``state_dict``-like mapping of tensors.
         arch: for state_dicts of other layouts, a module the state_dict loads into (strictly).
@@ -47,8 +59,8 @@ def to_event_stream(
         heads: attention heads of a SimpleViT state_dict.
         w0: SIREN frequency for SIREN state_dicts; it stays in the activation, not the weights.
         activation: the Zoo CNN's nonlinearity (the zoo samples it; the weights don't record it).
-        fold_batchnorm: fold BatchNorm layers into the Conv2d/Linear before them (eval-mode models only:
-            folding uses the running statistics). Without it, batch norm is an unsupported layer.
+        fold_batchnorm: fold each BatchNorm1d/2d into the Linear/Conv1d/Conv2d right before it (eval-mode models
+            only: folding uses the running statistics). Without it, batch norm is an unsupported layer.
     """
     if isinstance(model_or_state_dict, nn.Module):
         model = _fold_batchnorm(model_or_state_dict) if fold_batchnorm else model_or_state_dict
@@ -75,24 +87,140 @@ def to_event_stream(
     )
 
 
-def _fold_batchnorm(model: nn.Module) -> nn.Module:
-    if model.training and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise ValueError("fold_batchnorm needs an eval-mode model (call model.eval()): it folds the running statistics")
-    from torch.fx.experimental.optimization import fuse
+# -- batch norm folding ---------------------------------------------------------------------------------
+_FOLDABLE = {nn.BatchNorm1d: (nn.Linear, nn.Conv1d), nn.BatchNorm2d: (nn.Conv2d,)}
 
-    return fuse(model)  # a traced copy with each Conv/Linear + BatchNorm pair merged; the model is untouched
+
+def batchnorm_fold_plan(model: nn.Module) -> list[tuple[str, str, float]]:
+    """``(layer, batchnorm, eps)`` for each BatchNorm that folds into the Linear/Conv2d right before it.
+
+    A BatchNorm folds when it reads the output of a Linear/Conv1d (BatchNorm1d) or Conv2d (BatchNorm2d) that
+    nothing else reads, and both are called once. Any other BatchNorm raises, naming it.
+    """
+    from .module import _Tracer
+
+    bns = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return []
+    if model.training:
+        raise ValueError("fold_batchnorm needs an eval-mode model (call model.eval()): it folds the running statistics")
+    modules = dict(model.named_modules())
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:
+        raise UnsupportedLayerError(type(model).__name__, "forward", f"torch.fx cannot trace it to fold batch norm ({exc})") from exc
+    calls: dict[str, list] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(node)
+    plan = []
+    for name in bns:
+        bn = modules[name]
+        layer_types = _FOLDABLE.get(type(bn), ())
+        nodes = calls.get(name, [])
+        src = nodes[0].args[0] if len(nodes) == 1 and len(nodes[0].args) == 1 else None
+        ok = (
+            src is not None and getattr(src, "op", None) == "call_module"
+            and type(modules[src.target]) in layer_types and len(src.users) == 1 and len(calls[src.target]) == 1
+        )
+        if not ok:
+            raise UnsupportedLayerError(
+                type(bn).__name__, name,
+                "fold_batchnorm folds a BatchNorm1d right after a Linear or Conv1d, or a BatchNorm2d right after a Conv2d, "
+                "that nothing else reads; this one is not such a pair",
+            )
+        if not bn.track_running_stats or bn.running_mean is None:
+            raise UnsupportedLayerError(type(bn).__name__, name, "it has no running statistics (track_running_stats=False): it cannot be folded")
+        plan.append((src.target, name, float(bn.eps)))
+    return plan
+
+
+def fold_batchnorm_parameters(params: Mapping[str, torch.Tensor], plan, batched: bool = False) -> dict[str, torch.Tensor]:
+    """Apply ``plan`` to a state_dict, or to a stack of them (``batched``: a leading network axis).
+
+    The layer's weight and bias absorb the BatchNorm (``w·s``, ``(b - mean)·s + beta`` with
+    ``s = gamma / sqrt(var + eps)``); the BatchNorm's entries are dropped.
+    """
+    out = dict(params)
+    for layer, bn, eps in plan:
+        w = out[f"{layer}.weight"]
+        mean, var = out.pop(f"{bn}.running_mean").float(), out.pop(f"{bn}.running_var").float()
+        gamma, beta = out.pop(f"{bn}.weight", None), out.pop(f"{bn}.bias", None)
+        out.pop(f"{bn}.num_batches_tracked", None)
+        s = torch.rsqrt(var + eps)
+        if gamma is not None:
+            s = s * gamma
+        bias = out.get(f"{layer}.bias")
+        b = (-mean if bias is None else bias - mean) * s
+        if beta is not None:
+            b = b + beta
+        lead = 1 if batched else 0
+        out[f"{layer}.weight"] = w * s.reshape(s.shape + (1,) * (w.dim() - lead - 1))
+        out[f"{layer}.bias"] = b
+    return out
+
+
+def _fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with each BatchNorm folded into its layer and replaced by nn.Identity."""
+    plan = batchnorm_fold_plan(model)
+    if not plan:
+        return model
+    folded = copy.deepcopy(model)
+    params = fold_batchnorm_parameters({k: v.detach() for k, v in folded.state_dict().items()}, plan)
+    with torch.no_grad():
+        for layer, bn, _ in plan:
+            m = folded.get_submodule(layer)
+            m.weight.copy_(params[f"{layer}.weight"])
+            if m.bias is None:
+                m.bias = nn.Parameter(params[f"{layer}.bias"].clone())
+            else:
+                m.bias.copy_(params[f"{layer}.bias"])
+            parent, _, attr = bn.rpartition(".")
+            setattr(folded.get_submodule(parent) if parent else folded, attr, nn.Identity())
+    return folded
+
+
+# -- parameter values ------------------------------------------------------------------------------------
+def check_parameter_value(key: str, v) -> torch.Tensor:
+    """A state_dict value as a tensor of real numbers, or an error naming the key and what is accepted."""
+    accepted = "a torch.Tensor (or a NumPy array / number) of real values"
+    if v is None or isinstance(v, (str, bytes)):
+        raise InvalidParameterError(f"state_dict entry '{key}' is {type(v).__name__} {v!r:.40}: expected {accepted}")
+    if not isinstance(v, torch.Tensor):
+        try:
+            v = torch.as_tensor(v)
+        except Exception:
+            raise InvalidParameterError(f"state_dict entry '{key}' is a {type(v).__name__}: expected {accepted}") from None
+    if v.is_meta:
+        raise InvalidParameterError(f"'{key}' is a meta tensor (shape only, no values): load real weights before converting")
+    if v.is_complex():
+        raise InvalidParameterError(f"'{key}' is complex ({v.dtype}): expected {accepted}")
+    return v
+
+
+def _note_cast(keys: list[str], dtypes: set) -> None:
+    if keys:
+        names = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+        warnings.warn(
+            f"converted {len(keys)} {names} tensor(s) (e.g. '{keys[0]}') to float32: event streams hold float32 weights",
+            UserWarning, stacklevel=3,
+        )
 
 
 def _clean_state_dict(sd: Mapping) -> dict[str, torch.Tensor]:
     if len(sd) == 0:
         raise EmptyModelError("the state_dict is empty: there is no network to convert")
     out = {}
+    cast, dtypes = [], set()
     for k, v in sd.items():
-        if not isinstance(v, torch.Tensor):
-            v = torch.as_tensor(v)
-        if v.is_floating_point() and not torch.isfinite(v).all():
+        v = check_parameter_value(k, v)
+        if v.is_floating_point() and not _all_finite(v):
             raise NonFiniteWeightsError(f"parameter '{k}' contains NaN or inf")
+        if v.is_floating_point() and v.dtype != torch.float32:
+            cast.append(k)
+            dtypes.add(v.dtype)
         out[k] = v.detach().float() if v.is_floating_point() else v
+    _note_cast(cast, dtypes)
     return out
 
 
@@ -120,15 +248,26 @@ def _check_shapes(model: nn.Module, sd: dict) -> None:
 def _from_module(model: nn.Module, input_shape) -> EventStream:
     if not any(True for _ in model.parameters()):
         raise EmptyModelError(f"{type(model).__name__} has no parameters: there is no network to convert")
+    tensors = list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers() if b is not None]
+    cast, dtypes = [], set()
+    for name, p in tensors:
+        check_parameter_value(name, p)
+        if p.is_floating_point() and p.dtype != torch.float32:
+            cast.append(name)
+            dtypes.add(p.dtype)
     for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
+        if not _all_finite(p.detach()):
             raise NonFiniteWeightsError(f"parameter '{name}' contains NaN or inf")
+    if cast:
+        _note_cast(cast, dtypes)
+        model = copy.deepcopy(model).float()
     sd = model.state_dict()
     if is_simple_vit_state_dict(sd):
         heads = getattr(model, "heads", None) or model.transformer.layers[0][0].heads
         return vit_stream({k: v for k, v in sd.items() if k != "pos_embedding"}, heads, arch=type(model).__name__)
     if input_shape is None:
-        first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), None)
+        # the first module that holds weights; only a Linear there tells the input size
+        first = next((m for m in model.modules() if any(True for _ in m.parameters(recurse=False))), None)
         if isinstance(first, nn.Linear):
             input_shape = (first.in_features,)
     return module_stream(model, input_shape)
@@ -184,4 +323,10 @@ def zoo_cnn_stream(sd: dict, activation: T.Transform = T.RELU) -> EventStream:
     return b.build(output=out)
 
 
-__all__ = ["to_event_stream", "zoo_cnn_stream", "mlp_stream", "module_stream", "vit_stream", "LinearLayer"]
+__all__ = [
+    "to_event_stream", "zoo_cnn_stream", "mlp_stream", "module_stream", "vit_stream", "LinearLayer",
+    # the allow-list of the module converter, and how to extend it
+    "MODULES", "FUNCTIONS", "METHODS", "OpSpec", "Option", "REQUIRED", "any_of", "only", "where", "pointwise",
+    "register_module", "register_function", "register_method", "supported_table",
+    "batchnorm_fold_plan", "fold_batchnorm_parameters",
+]

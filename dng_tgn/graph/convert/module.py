@@ -3,50 +3,850 @@
 Each Linear or Conv2d becomes one timestamp, in the order the forward pass runs them. Parameter-free
 steps (activations, pooling, dropout, flatten) ride along as transforms on the edges that read their
 output. A sum of a fresh layer output and an earlier activation becomes residual edges
-``v_i^l -> v_i^{l+r}`` (App. E.1). Anything else raises :class:`UnsupportedLayerError` naming the
-layer and where it sits.
+``v_i^l -> v_i^{l+r}`` (App. E.1).
+
+What converts is an explicit allow-list (:data:`MODULES`, :data:`FUNCTIONS`, :data:`METHODS`): each entry
+is an :class:`OpSpec` that lists *every* option of the module or function with its default and the
+values the converter reproduces exactly. Before anything runs, every node of the traced graph is looked up
+and its options are checked; a node that is not listed, or an option outside its supported values, raises
+:class:`UnsupportedLayerError` / :class:`UnsupportedOptionError` naming the node, the op and the option.
+More ops (or your own modules) are added with :func:`register_module`, :func:`register_function` and
+:func:`register_method`.
 """
 from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import ShapeMismatchError, UnsupportedLayerError
+from ...errors import ShapeMismatchError, UnsupportedLayerError, UnsupportedOptionError
 from ...nets.siren import Sine as SineModule
 from .. import transforms as T
 from ..builder import StreamBuilder
-from ..edge_ops import Conv, Dense, FlattenDense, Identity
-from ..events import EdgeKind, EventStream, ParamRef, Pattern, flat_index
+from ..edge_ops import Conv, Dense, FlattenDense, Gate, GatedMap, Identity
+from ..events import NODE_SLOTS, EdgeKind, EventStream, NodeKind, ParamRef, Pattern, flat_index
 
-_MODULE_TRANSFORMS = {
-    nn.ReLU: lambda m: T.RELU,
-    nn.Tanh: lambda m: T.TANH,
-    nn.Sigmoid: lambda m: T.SIGMOID,
-    nn.GELU: lambda m: T.GELU,
-    nn.ELU: lambda m: T.ELU,
-    nn.SiLU: lambda m: T.SILU,
-    nn.Softplus: lambda m: T.SOFTPLUS,
-    nn.LeakyReLU: lambda m: T.LeakyReLU(m.negative_slope),
-    SineModule: lambda m: T.Sine(m.w0),
+
+# ================================================================================================
+# The allow-list: data, not code paths
+# ================================================================================================
+class _Required:
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+REQUIRED = _Required()  # an option without a default (e.g. a pooling kernel size)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One argument of a module or function, beyond its tensor inputs.
+
+    ``check(value)`` says whether the converter reproduces the op exactly with that value (``None``: any
+    value); ``supported`` says the same in words for errors and the README table. Module options are
+    read with ``read(module)`` (default: the attribute of the same name).
+    """
+
+    name: str
+    default: object = REQUIRED
+    check: Callable[[object], bool] | None = None
+    supported: str = "any"
+    read: Callable[[nn.Module], object] | None = None
+    example: object = REQUIRED  # a supported value, where the default is not one (tests use it)
+
+    def allows(self, value) -> bool:
+        return self.check is None or bool(self.check(value))
+
+    def supported_example(self):
+        """A value that converts: ``example``, else the default if it converts, else 1."""
+        if self.example is not REQUIRED:
+            return self.example
+        return self.default if self.default is not REQUIRED and self.allows(self.default) else 1
+
+
+def any_of(name: str, default=REQUIRED, read=None) -> Option:
+    return Option(name, default, None, "any", read)
+
+
+def only(name: str, *values, default=REQUIRED, read=None) -> Option:
+    """An option that converts only for the listed values (compared with ==, so 1 == 1.0 == True)."""
+    return Option(name, default, lambda v: any(_same(v, a) for a in values), " or ".join(repr(v) for v in values), read, values[0])
+
+
+def where(name: str, check: Callable[[object], bool], supported: str, default=REQUIRED, read=None, example=REQUIRED) -> Option:
+    return Option(name, default, check, supported, read, example)
+
+
+def _same(v, a) -> bool:
+    """Option values equal as the op sees them: (1, 1) == [1, 1], 1 == 1.0, but None is only None."""
+    if isinstance(v, (tuple, list)) or isinstance(a, (tuple, list)):
+        return (isinstance(v, (tuple, list)) and isinstance(a, (tuple, list)) and len(v) == len(a)
+                and all(_same(x, y) for x, y in zip(v, a)))
+    if v is None or a is None or isinstance(v, str) or isinstance(a, str):
+        return v is a or (isinstance(v, str) and v == a)
+    return v == a
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """How one module type, function or tensor method converts.
+
+    Args:
+        name: shown in errors and in the README table (``nn.ELU``, ``torch.add``, ``Tensor.mean``).
+        convert: ``convert(converter, node, inputs, options) -> activation``; ``inputs`` are the values of
+            ``operands`` (activations in flight or Python numbers), ``options`` the checked option values.
+        options: every option of the op, in positional order after the operands. A call that passes
+            anything not listed here is refused.
+        operands: the names of the leading tensor arguments (functions and methods; a module has one input).
+        inplace: the op writes into its first operand (``add_``, ``+=``); it then converts only if nothing
+            else reads that operand. An option named ``inplace`` set to True counts too.
+        note: one line for the README table.
+        constraint: for rules that join options, ``constraint(options)`` returns ``None`` or
+            ``(option, supported)`` naming the option that breaks it (e.g. Conv2d's 'same' padding).
+    """
+
+    name: str
+    convert: Callable
+    options: tuple[Option, ...] = ()
+    operands: tuple[str, ...] = ("input",)
+    inplace: bool = False
+    note: str = ""
+    constraint: Callable[[dict], tuple[str, str] | None] | None = None
+    varargs: bool = False  # trailing positional arguments pack into the last option (x.permute(0, 2, 3, 1))
+
+
+MODULES: dict[type, OpSpec] = {}
+FUNCTIONS: dict[object, OpSpec] = {}  # keyed by the callable (torch.relu, F.elu, operator.add, ...)
+METHODS: dict[object, OpSpec] = {}  # keyed by the torch.Tensor attribute (torch.Tensor.relu, ...)
+
+# Modules that are refused, with a hint that says what to do instead.
+REFUSED_HINTS: dict[type, str] = {
+    nn.BatchNorm1d: "fold it into the preceding layer first: to_event_stream(model.eval(), fold_batchnorm=True)",
+    nn.BatchNorm2d: "fold it into the preceding layer first: to_event_stream(model.eval(), fold_batchnorm=True)",
+    nn.LSTM: "recurrent layers are not supported (one timestamp per forward step of a feed-forward network)",
+    nn.GRU: "recurrent layers are not supported (one timestamp per forward step of a feed-forward network)",
+    nn.RNN: "recurrent layers are not supported (one timestamp per forward step of a feed-forward network)",
+    nn.Embedding: "embedding lookups are not supported; convert the network after the embedding",
+    nn.ConvTranspose2d: "transposed convolutions are not supported; Conv2d is",
+    nn.ConvTranspose1d: "transposed convolutions are not supported",
+    nn.Conv3d: "3-d convolutions are not supported; Conv2d is",
 }
-_NO_OP_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
-_FUNCTION_TRANSFORMS = {
-    torch.relu: T.RELU, F.relu: T.RELU, torch.tanh: T.TANH, F.tanh: T.TANH, torch.sigmoid: T.SIGMOID,
-    F.sigmoid: T.SIGMOID, F.gelu: T.GELU, F.silu: T.SILU, F.elu: T.ELU, F.softplus: T.SOFTPLUS,
-    torch.sin: T.Elementwise("sin", torch.sin),
+
+
+def register_module(cls: type, spec: OpSpec) -> None:
+    """Allow ``cls`` (matched by exact type; it is traced as one leaf) to convert as ``spec`` says."""
+    MODULES[cls] = spec
+
+
+def register_function(fn, spec: OpSpec) -> None:
+    FUNCTIONS[fn] = spec
+
+
+def register_method(method, spec: OpSpec) -> None:
+    """``method``: the ``torch.Tensor`` attribute, e.g. ``torch.Tensor.relu``."""
+    METHODS[method] = spec
+
+
+# -- converters shared by many entries -------------------------------------------------------------
+def pointwise(make: Callable[[dict], T.Transform]) -> Callable:
+    """A converter for a parameter-free op that becomes the transform ``make(options)``."""
+
+    def convert(cv: "_Converter", node, xs, opts):
+        return cv._then(cv._activation(xs[0], node), make(opts), node)
+
+    return convert
+
+
+def _pass_through(cv, node, xs, opts):
+    return cv._activation(xs[0], node)
+
+
+def _elementwise(name, fn, constant, opts: dict, defaults: dict):
+    """``constant`` when every option has its default (the streams stay as they were), else fn with options."""
+    changed = tuple((k, opts[k]) for k in defaults if not _same(opts[k], defaults[k]))
+    return constant if not changed else T.Elementwise(name, fn, changed)
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(int(a) for a in v) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _is_int_or_pair(v) -> bool:
+    if isinstance(v, (tuple, list)):
+        return len(v) == 2 and all(isinstance(a, int) for a in v)
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_INT_OR_PAIR = "an int or a pair of ints"
+_INPLACE = only("inplace", False, True, default=False)
+
+
+# -- activations ---------------------------------------------------------------------------------
+def _relu(o):
+    return T.RELU
+
+
+def _elu(o):
+    return _elementwise("elu", F.elu, T.ELU, {"alpha": o["alpha"]}, {"alpha": 1.0})
+
+
+def _gelu(o):
+    return _elementwise("gelu", F.gelu, T.GELU, {"approximate": o["approximate"]}, {"approximate": "none"})
+
+
+def _softplus(o):
+    return _elementwise("softplus", F.softplus, T.SOFTPLUS, {"beta": o["beta"], "threshold": o["threshold"]}, {"beta": 1.0, "threshold": 20.0})
+
+
+_SIN = T.Elementwise("sin", torch.sin)
+
+
+def _float_opt(name, default):
+    return where(name, _number, "any number", default)
+
+
+_ACTIVATIONS = [
+    # (module, functions, methods, options, make, note)
+    (nn.ReLU, (torch.relu, F.relu), ("relu", "relu_"), (_INPLACE,), _relu, ""),
+    (nn.Tanh, (torch.tanh, F.tanh), ("tanh",), (), lambda o: T.TANH, ""),
+    (nn.Sigmoid, (torch.sigmoid, F.sigmoid), ("sigmoid",), (), lambda o: T.SIGMOID, ""),
+    (nn.GELU, (F.gelu,), (), (only("approximate", "none", "tanh", default="none"),), _gelu, ""),
+    (nn.ELU, (F.elu,), (), (_float_opt("alpha", 1.0), _INPLACE), _elu, ""),
+    (nn.SiLU, (F.silu,), (), (_INPLACE,), lambda o: T.SILU, ""),
+    (nn.Softplus, (F.softplus,), (), (_float_opt("beta", 1.0), _float_opt("threshold", 20.0)), _softplus, ""),
+    (nn.LeakyReLU, (F.leaky_relu,), (), (_float_opt("negative_slope", 0.01), _INPLACE), lambda o: T.LeakyReLU(float(o["negative_slope"])), ""),
+    (nn.ReLU6, (F.relu6,), (), (_INPLACE,), lambda o: T.RELU6, ""),
+    (nn.Hardswish, (F.hardswish,), (), (_INPLACE,), lambda o: T.HARDSWISH, ""),
+    (nn.Hardsigmoid, (F.hardsigmoid,), (), (_INPLACE,), lambda o: T.HARDSIGMOID, ""),
+    (nn.Mish, (F.mish,), (), (_INPLACE,), lambda o: T.MISH, ""),
+    (SineModule, (), (), (_float_opt("w0", 30.0),), lambda o: T.Sine(float(o["w0"])), "dng_tgn.nets.siren.Sine: sin(w0·x)"),
+]
+
+
+def _without_inplace(options, fn):
+    """torch.relu/torch.tanh/... take no ``inplace``; F.relu/F.elu/... do."""
+    if fn in (torch.relu, torch.tanh, torch.sigmoid, F.tanh, F.sigmoid, F.gelu, F.softplus):
+        return tuple(o for o in options if o.name != "inplace")
+    return options
+
+
+def _fn_name(fn) -> str:
+    name = getattr(fn, "__name__", None)
+    if name is None:
+        return str(fn)
+    for prefix, mod in (("F", F), ("torch", torch), ("operator", operator)):
+        if getattr(mod, name, None) is fn:
+            return f"{prefix}.{name}"
+    return f"{getattr(fn, '__module__', None) or ''}.{name}".lstrip(".")
+
+
+for _mod, _fns, _meths, _opts, _make, _note in _ACTIVATIONS:
+    register_module(_mod, OpSpec(f"nn.{_mod.__name__}" if _mod is not SineModule else "Sine", pointwise(_make), _opts, note=_note))
+    for _fn in _fns:
+        register_function(_fn, OpSpec(_fn_name(_fn), pointwise(_make), _without_inplace(_opts, _fn)))
+    for _m in _meths:
+        register_method(getattr(torch.Tensor, _m), OpSpec(f"Tensor.{_m}", pointwise(_make), inplace=_m.endswith("_")))
+register_function(torch.sin, OpSpec("torch.sin", pointwise(lambda o: _SIN)))
+register_method(torch.Tensor.sin, OpSpec("Tensor.sin", pointwise(lambda o: _SIN)))
+
+# -- no-ops (eval-mode forward) ------------------------------------------------------------------
+register_module(nn.Identity, OpSpec("nn.Identity", _pass_through))
+for _drop in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout):
+    register_module(_drop, OpSpec(f"nn.{_drop.__name__}", _pass_through, (any_of("p", 0.5), _INPLACE),
+                                  note="identity: the eval-mode forward"))
+for _fdrop in (F.dropout, F.dropout2d):
+    register_function(_fdrop, OpSpec(
+        f"F.{_fdrop.__name__}", _pass_through,
+        (any_of("p", 0.5), only("training", False, default=True), _INPLACE),
+        note="identity; training=False only (traced with the model in eval mode, so training=self.training works)",
+    ))
+
+
+# -- flatten, pooling ------------------------------------------------------------------------------
+def _flatten_conv(cv, node, xs, opts):
+    return cv._flatten(node, cv._activation(xs[0], node))
+
+
+_START_1 = only("start_dim", 1, default=0)
+_END_LAST = only("end_dim", -1, default=-1)
+register_module(nn.Flatten, OpSpec("nn.Flatten", _flatten_conv, (only("start_dim", 1, default=1), _END_LAST)))
+register_function(torch.flatten, OpSpec("torch.flatten", _flatten_conv, (_START_1, _END_LAST)))
+register_method(torch.Tensor.flatten, OpSpec("Tensor.flatten", _flatten_conv, (_START_1, _END_LAST)))
+
+
+def _global_pool(dims):
+    def convert(cv, node, xs, opts):
+        return cv._global_pool(cv._activation(xs[0], node), node, keepdim=True, dims=dims)
+
+    return convert
+
+
+def _adaptive2d(cv, node, xs, opts):
+    size = opts["output_size"]
+    if _same(size, 1) or _same(size, (1, 1)):
+        return _global_pool(2)(cv, node, xs, opts)  # (B, C, 1, 1): each channel node keeps one scalar
+    x = cv._maps(cv._activation(xs[0], node), node, 2)
+    return cv._then(x, T.AdaptiveAvgPool2d(_pair(size)), node)
+
+
+_ADAPTIVE = where("output_size", lambda v: _is_int_or_pair(v) and all(a >= 1 for a in _pair(v)), "a positive int or pair of ints")
+_ADAPTIVE_NOTE = "any output size (1: global pooling, each channel node keeps one scalar)"
+register_module(nn.AdaptiveAvgPool2d, OpSpec("nn.AdaptiveAvgPool2d", _adaptive2d, (_ADAPTIVE,), note=_ADAPTIVE_NOTE))
+register_function(F.adaptive_avg_pool2d, OpSpec("F.adaptive_avg_pool2d", _adaptive2d, (_ADAPTIVE,), note=_ADAPTIVE_NOTE))
+_GLOBAL1 = only("output_size", 1, (1,))
+register_module(nn.AdaptiveAvgPool1d, OpSpec("nn.AdaptiveAvgPool1d", _global_pool(1), (_GLOBAL1,), note="global average pooling only"))
+register_function(F.adaptive_avg_pool1d, OpSpec("F.adaptive_avg_pool1d", _global_pool(1), (_GLOBAL1,), note="global average pooling only"))
+
+
+def _mean_dims(d) -> int | None:
+    """1 or 2 when ``dim`` names the spatial axes of (B, C, L) or (B, C, H, W) maps, else None."""
+    d = tuple(d) if isinstance(d, (tuple, list)) else (d,)
+    if not all(isinstance(a, int) and not isinstance(a, bool) for a in d):
+        return None
+    if len(d) == 2 and sorted(a % 4 for a in d) == [2, 3]:
+        return 2
+    if len(d) == 1 and d[0] % 3 == 2:
+        return 1
+    return None
+
+
+def _mean_conv(cv, node, xs, opts):
+    x = cv._activation(xs[0], node)
+    return cv._global_pool(x, node, keepdim=bool(opts["keepdim"]), dims=_mean_dims(opts["dim"]))
+
+
+_SPATIAL_DIMS = where(
+    "dim", lambda d: _mean_dims(d) is not None,
+    "(2, 3) or (-2, -1) on (B, C, H, W) maps; 2 or -1 on (B, C, L) maps", example=(2, 3),
+)
+_MEAN_OPTS = (_SPATIAL_DIMS, only("keepdim", False, True, default=False), only("dtype", None, default=None))
+register_function(torch.mean, OpSpec("torch.mean", _mean_conv, _MEAN_OPTS, note="over the spatial axes of feature maps"))
+register_method(torch.Tensor.mean, OpSpec("Tensor.mean", _mean_conv, (replace(_SPATIAL_DIMS, default=None),) + _MEAN_OPTS[1:],
+                                         note="over the spatial axes of feature maps"))
+
+
+def _pool(op, names, dims=2):
+    """A 2-d pool; a 1-d pool (``dims=1``) runs as the 2-d pool with a (k, 1) window on (B, C, L, 1) maps."""
+    defaults = {"dilation": 1, "ceil_mode": False, "count_include_pad": True, "divisor_override": None}
+    pair = _pair if dims == 2 else (lambda v: (_single(v), 1))
+    pad = _pair if dims == 2 else (lambda v: (_single(v), 0))
+
+    def convert(cv, node, xs, opts):
+        x = cv._activation(xs[0], node)
+        x = cv._maps(x, node, dims)
+        k = pair(opts["kernel_size"])
+        stride = pair(opts["stride"]) if opts["stride"] not in (None, (), []) else k
+        # options at their defaults are left out, so streams of default pools stay as they were
+        extra = tuple((n, pair(opts[n]) if n == "dilation" and dims == 1 else opts[n])
+                      for n in names if not _same(opts[n], defaults[n]))
+        return cv._then(x, T.Pool2d(op, k, stride, pad(opts["padding"]), extra), node)
+
+    return convert
+
+
+def _single(v) -> int:
+    return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
+
+
+def _is_int_or_single(v) -> bool:
+    if isinstance(v, (tuple, list)):
+        return len(v) == 1 and isinstance(v[0], int)
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_POOL_COMMON = (
+    where("kernel_size", _is_int_or_pair, _INT_OR_PAIR),
+    where("stride", lambda v: v is None or v in ((), []) or _is_int_or_pair(v), f"None or {_INT_OR_PAIR}", default=None),
+    where("padding", _is_int_or_pair, _INT_OR_PAIR, default=0),
+)
+_MAX_OPTS = _POOL_COMMON + (
+    where("dilation", _is_int_or_pair, _INT_OR_PAIR, default=1),
+    only("ceil_mode", False, True, default=False),
+    only("return_indices", False, default=False),
+)
+_AVG_OPTS = _POOL_COMMON + (
+    only("ceil_mode", False, True, default=False),
+    only("count_include_pad", False, True, default=True),
+    where("divisor_override", lambda v: v is None or (isinstance(v, int) and v > 0), "None or a positive int", default=None),
+)
+register_module(nn.MaxPool2d, OpSpec("nn.MaxPool2d", _pool(F.max_pool2d, ("dilation", "ceil_mode")), _MAX_OPTS))
+register_module(nn.AvgPool2d, OpSpec("nn.AvgPool2d", _pool(F.avg_pool2d, ("ceil_mode", "count_include_pad", "divisor_override")), _AVG_OPTS))
+# F.max_pool2d's positional order puts ceil_mode before return_indices
+register_function(F.max_pool2d, OpSpec("F.max_pool2d", _pool(F.max_pool2d, ("dilation", "ceil_mode")),
+                                        _POOL_COMMON + (_MAX_OPTS[3], _MAX_OPTS[4], _MAX_OPTS[5])))
+register_function(F.avg_pool2d, OpSpec("F.avg_pool2d", _pool(F.avg_pool2d, ("ceil_mode", "count_include_pad", "divisor_override")), _AVG_OPTS))
+_INT = "an int"
+_POOL1_COMMON = (
+    where("kernel_size", _is_int_or_single, _INT),
+    where("stride", lambda v: v is None or v in ((), []) or _is_int_or_single(v), f"None or {_INT}", default=None),
+    where("padding", _is_int_or_single, _INT, default=0),
+)
+_MAX1_OPTS = _POOL1_COMMON + (
+    where("dilation", _is_int_or_single, _INT, default=1),
+    only("ceil_mode", False, True, default=False),
+    only("return_indices", False, default=False),
+)
+_AVG1_OPTS = _POOL1_COMMON + (only("ceil_mode", False, True, default=False), only("count_include_pad", False, True, default=True))
+_MAX1 = _pool(F.max_pool2d, ("dilation", "ceil_mode"), dims=1)
+_AVG1 = _pool(F.avg_pool2d, ("ceil_mode", "count_include_pad"), dims=1)
+register_module(nn.MaxPool1d, OpSpec("nn.MaxPool1d", _MAX1, _MAX1_OPTS))
+register_module(nn.AvgPool1d, OpSpec("nn.AvgPool1d", _AVG1, _AVG1_OPTS))
+register_function(F.max_pool1d, OpSpec("F.max_pool1d", _MAX1, _MAX1_OPTS[:4] + (_MAX1_OPTS[4], _MAX1_OPTS[5])))
+register_function(F.avg_pool1d, OpSpec("F.avg_pool1d", _AVG1, _AVG1_OPTS))
+
+
+# -- layers with weights -----------------------------------------------------------------------------
+def _linear_conv(cv, node, xs, opts):
+    m = cv.modules[node.target]
+    return cv._linear(node, m.weight, m.bias, cv._activation(xs[0], node))
+
+
+def _conv2d_conv(cv, node, xs, opts):
+    return cv._conv(node, cv.modules[node.target], cv._activation(xs[0], node), dims=2)
+
+
+def _conv1d_conv(cv, node, xs, opts):
+    return cv._conv(node, cv.modules[node.target], cv._activation(xs[0], node), dims=1)
+
+
+def _same_padding_ok(m) -> bool:
+    if m.padding != "same":
+        return True
+    return all((d * (k - 1)) % 2 == 0 for d, k in zip(m.dilation, m.kernel_size))
+
+
+def _conv_constraint(opts) -> tuple[str, str] | None:
+    """'same' padding converts to a symmetric padding only when every dilated kernel extent is odd."""
+    if opts["padding"] != "same":
+        return None
+    ks = opts["kernel_size"] if isinstance(opts["kernel_size"], (tuple, list)) else (opts["kernel_size"],)
+    ds = opts["dilation"] if isinstance(opts["dilation"], (tuple, list)) else (opts["dilation"],) * len(ks)
+    if all((d * (k - 1)) % 2 == 0 for d, k in zip(ds, ks)):
+        return None
+    return "padding", "'same' only with an odd dilated kernel size"
+
+
+_HAS_BIAS = any_of("bias", True, read=lambda m: m.bias is not None)
+register_module(nn.Linear, OpSpec("nn.Linear", _linear_conv, (any_of("in_features"), any_of("out_features"), _HAS_BIAS)))
+_CONV_OPTS = (
+    any_of("in_channels"), any_of("out_channels"), any_of("kernel_size"), any_of("stride", 1),
+    where("padding", lambda v: _is_int_or_pair(v) or _is_int_or_single(v) or v in ("valid", "same"),
+          "ints, 'valid', or 'same' with an odd (dilated) kernel", 0),
+    any_of("dilation", 1), any_of("groups", 1), _HAS_BIAS, only("padding_mode", "zeros", default="zeros"),
+)
+register_module(nn.Conv2d, OpSpec("nn.Conv2d", _conv2d_conv, _CONV_OPTS, note="'same' padding needs an odd dilated kernel size; "
+                                  "groups > 1 (grouped, depthwise): edges only inside each group",
+                                  constraint=_conv_constraint))
+register_module(nn.Conv1d, OpSpec("nn.Conv1d", _conv1d_conv, _CONV_OPTS, constraint=_conv_constraint,
+                                  note="runs as a (k, 1) Conv2d on (B, C, L, 1) maps; 'same' padding needs an odd dilated kernel size"))
+
+
+# -- arithmetic ------------------------------------------------------------------------------------
+def _add_conv(cv, node, xs, opts):
+    return cv._add(node, xs[0], xs[1], float(opts.get("alpha", 1)))
+
+
+def _sub_conv(cv, node, xs, opts):
+    return cv._add(node, xs[0], xs[1], -float(opts.get("alpha", 1)))
+
+
+def _mul_conv(cv, node, xs, opts):
+    a, b = xs
+    if isinstance(a, _Param) and isinstance(b, _Activation):
+        return cv._layer_scale(node, b, a)
+    if isinstance(b, _Param) and isinstance(a, _Activation):
+        return cv._layer_scale(node, a, b)
+    if isinstance(a, _Activation) and _number(b):
+        return cv._then(a, T.Scale(float(b)), node)
+    if isinstance(b, _Activation) and _number(a):
+        return cv._then(b, T.Scale(float(a)), node)
+    if isinstance(a, _Activation) and isinstance(b, _Activation):
+        return cv._gate(node, a, b)
+    raise UnsupportedLayerError(cv._label(node), node.name, "only an activation times a constant number is supported")
+
+
+def _div_conv(cv, node, xs, opts):
+    a, b = xs
+    if isinstance(a, _Activation) and _number(b):
+        return cv._then(a, T.Scale(1.0 / float(b)), node)
+    raise UnsupportedLayerError(cv._label(node), node.name, "only an activation divided by a constant number is supported")
+
+
+def _neg_conv(cv, node, xs, opts):
+    return cv._then(cv._activation(xs[0], node), T.Scale(-1.0), node)
+
+
+_ALPHA = where("alpha", _number, "any number", default=1)
+_BINARY = ("input", "other")
+_NOTES = {
+    _add_conv: "activation ± constant number (either side); or a residual: a fresh Linear/Conv2d output ± an earlier "
+               "activation (alpha scales the earlier one)",
+    _mul_conv: "activation × constant number; a feature map × its per-channel gate (B, C, 1, 1) (squeeze-and-excitation); "
+               "or a per-channel parameter × a fresh layer output (layer scale, folded into the layer)",
+    _div_conv: "activation ÷ constant number (constant ÷ activation is refused)",
 }
-_METHOD_TRANSFORMS = {"relu": T.RELU, "tanh": T.TANH, "sigmoid": T.SIGMOID, "sin": T.Elementwise("sin", torch.sin)}
-_ADD = (operator.add, operator.iadd, torch.add)
+_NOTES[_sub_conv] = _NOTES[_add_conv]
+for _fn, _name, _conv_fn, _opts, _inplace in (
+    (operator.add, "operator.add (+)", _add_conv, (), False),
+    (operator.iadd, "operator.iadd (+=)", _add_conv, (), True),
+    (torch.add, "torch.add", _add_conv, (_ALPHA,), False),
+    (operator.sub, "operator.sub (-)", _sub_conv, (), False),
+    (operator.isub, "operator.isub (-=)", _sub_conv, (), True),
+    (torch.sub, "torch.sub", _sub_conv, (_ALPHA,), False),
+    (operator.mul, "operator.mul (*)", _mul_conv, (), False),
+    (operator.imul, "operator.imul (*=)", _mul_conv, (), True),
+    (torch.mul, "torch.mul", _mul_conv, (), False),
+    (operator.truediv, "operator.truediv (/)", _div_conv, (), False),
+    (operator.itruediv, "operator.itruediv (/=)", _div_conv, (), True),
+    (torch.div, "torch.div", _div_conv, (only("rounding_mode", None, default=None),), False),
+):
+    register_function(_fn, OpSpec(_name, _conv_fn, _opts, operands=_BINARY, inplace=_inplace, note=_NOTES[_conv_fn]))
+for _meth, _conv_fn, _opts in (
+    ("add", _add_conv, (_ALPHA,)), ("add_", _add_conv, (_ALPHA,)), ("sub", _sub_conv, (_ALPHA,)), ("sub_", _sub_conv, (_ALPHA,)),
+    ("mul", _mul_conv, ()), ("mul_", _mul_conv, ()), ("div", _div_conv, (only("rounding_mode", None, default=None),)),
+    ("div_", _div_conv, (only("rounding_mode", None, default=None),)),
+):
+    register_method(getattr(torch.Tensor, _meth), OpSpec(f"Tensor.{_meth}", _conv_fn, _opts, operands=_BINARY, inplace=_meth.endswith("_"),
+                                                         note=_NOTES[_conv_fn]))
+register_function(operator.neg, OpSpec("operator.neg (unary -)", _neg_conv, note="−activation"))
+register_function(torch.neg, OpSpec("torch.neg", _neg_conv, note="−activation"))
+register_method(torch.Tensor.neg, OpSpec("Tensor.neg", _neg_conv, note="−activation"))
 
 
+# -- channel unions, selections and relabellings (torch.cat, chunk/split, channel shuffle) ----------------------
+def _channel_dim(cv, node, x, dim) -> None:
+    """``dim`` must name the channel axis: 1 (or -3 / -1 on (B, C, H, W) maps / (B, C) vectors)."""
+    ok = dim == 1 or (dim == -3 and x.spatial and x.dims == 2) or (dim == -1 and not x.spatial and not x.pooled_keepdim)
+    if not ok:
+        raise UnsupportedOptionError(cv._label(node), cv._position(node), "dim", dim, "the channel axis (1)")
+
+
+def _cat_conv(cv, node, xs, opts):
+    acts = xs[0]
+    if not isinstance(acts, (tuple, list)) or not acts:
+        raise UnsupportedLayerError(cv._label(node), node.name, "it needs a list of activations")
+    chans = []
+    for a in acts:
+        a = cv._activation(a, node)
+        _channel_dim(cv, node, a, opts["dim"])
+        if a.flatten_hw is not None or a.unflat is not None or (a.spatial, a.dims, a.pooled_keepdim) != (acts[0].spatial, acts[0].dims, acts[0].pooled_keepdim):
+            raise UnsupportedLayerError(cv._label(node), node.name, "it joins activations of different layouts")
+        chans += cv._channels(a)
+    return cv._select(None, chans)
+
+
+def _stack_conv(cv, node, xs, opts):
+    """torch.stack of maps on a new axis 1 or 2, which a flatten(1, 2) (or view) then merges into channels:
+    axis 1 is a concatenation, axis 2 interleaves the channels (the same bookkeeping as a channel shuffle)."""
+    acts = xs[0]
+    if not isinstance(acts, (tuple, list)) or not acts:
+        raise UnsupportedLayerError(cv._label(node), node.name, "it needs a list of activations")
+    if not all(isinstance(a, _Activation) and a.spatial and a.dims == 2 for a in acts):
+        raise UnsupportedLayerError(cv._label(node), node.name, "it stacks (B, C, H, W) maps only (then flatten(1, 2) merges them into channels)")
+    joined = _cat_conv(cv, node, [acts], {"dim": 1})
+    n, c = len(acts), len(cv._channels(acts[0]))
+    if any(len(cv._channels(a)) != c for a in acts):
+        raise ShapeMismatchError(f"'{node.name}' stacks maps with different channel counts")
+    return replace(joined, unflat=(n, c, opts["dim"] == 2), fresh=False)
+
+
+def _split_sizes(cv, node, n: int, sizes) -> list[int]:
+    if isinstance(sizes, int):
+        return [sizes] * (n // sizes) + ([n % sizes] if n % sizes else [])
+    if sum(sizes) != n:
+        raise ShapeMismatchError(f"'{node.name}' splits {n} channels into {list(sizes)}")
+    return list(sizes)
+
+
+def _split_at(cv, node, x, sizes):
+    x = cv._activation(x, node)
+    if x.flatten_hw is not None or x.unflat is not None:
+        raise UnsupportedLayerError(cv._label(node), node.name, "it splits channels of feature maps or vectors only")
+    n = len(cv._channels(x))
+    out, start = [], 0
+    for k in _split_sizes(cv, node, n, sizes):
+        out.append(cv._select(x, list(range(start, start + k))))
+        start += k
+    return tuple(out)
+
+
+def _chunk_conv(cv, node, xs, opts):
+    x = cv._activation(xs[0], node)
+    _channel_dim(cv, node, x, opts["dim"])
+    n = len(cv._channels(x))
+    per = -(-n // int(opts["chunks"]))  # torch.chunk: ceil(n / chunks) per chunk
+    return _split_at(cv, node, x, per)
+
+
+def _split_conv(cv, node, xs, opts):
+    x = cv._activation(xs[0], node)
+    _channel_dim(cv, node, x, opts["dim"])
+    return _split_at(cv, node, x, opts["split_size_or_sections"])
+
+
+def _getitem_conv(cv, node, xs, opts):
+    seq = xs[0]
+    if isinstance(seq, tuple) and all(isinstance(a, int) or a is BATCH for a in seq):
+        return seq[opts["index"]]  # one entry of x.size() / x.shape
+    if not isinstance(seq, tuple) or not all(isinstance(a, _Activation) for a in seq):
+        raise UnsupportedLayerError("operator.getitem ([])", node.name,
+                                    "indexing converts only on the result of torch.chunk/split; index tensors or shapes are not supported")
+    return seq[opts["index"]]
+
+
+def _unflatten_conv(cv, node, xs, opts):
+    x = cv._activation(xs[0], node)
+    sizes = tuple(opts["sizes"])
+    if x.unflat is not None or x.flatten_hw is not None or not x.spatial or x.dims != 2:
+        raise UnsupportedLayerError(cv._label(node), node.name, "it converts only on (B, C, H, W) maps, as the first step of a channel shuffle")
+    n = len(cv._channels(x))
+    g, c = sizes
+    g, c = (n // c, c) if g == -1 else (g, n // g) if c == -1 else (g, c)
+    if g * c != n:
+        raise ShapeMismatchError(f"'{node.name}' unflattens {n} channels into {sizes}")
+    return replace(x, unflat=(g, c, False), fresh=False)
+
+
+def _transpose_conv(cv, node, xs, opts):
+    x = cv._activation(xs[0], node)
+    if x.unflat is None or sorted((opts["dim0"], opts["dim1"])) != [1, 2]:
+        raise UnsupportedLayerError(cv._label(node), node.name, "transpose converts only as transpose(1, 2) after x.unflatten(1, (g, c)) "
+                                    "(a channel shuffle)")
+    g, c, t = x.unflat
+    return replace(x, unflat=(g, c, not t))
+
+
+def _shuffle_flatten(cv, node, x):
+    """flatten(1, 2) after unflatten(1, (g, c)) [-> transpose(1, 2)]: a relabelling of the channel nodes."""
+    g, c, transposed = x.unflat
+    base = replace(x, unflat=None)
+    if not transposed:
+        return base
+    order = [i * c + j for j in range(c) for i in range(g)]  # new channel j*g + i is old channel i*c + j
+    return cv._select(base, order)
+
+
+def _flatten12_or_default(conv):
+    def convert(cv, node, xs, opts):
+        x = cv._activation(xs[0], node)
+        if x.unflat is not None:
+            if (opts["start_dim"], opts["end_dim"]) != (1, 2):
+                raise UnsupportedLayerError(cv._label(node), node.name, "after unflatten(1, (g, c)) only flatten(1, 2) converts")
+            return _shuffle_flatten(cv, node, x)
+        if (opts["start_dim"], opts["end_dim"]) == (1, 2):
+            raise UnsupportedOptionError(cv._label(node), node.name, "end_dim", 2, "-1, or 2 right after x.unflatten(1, (g, c))")
+        return conv(cv, node, xs, opts)
+
+    return convert
+
+
+register_function(torch.cat, OpSpec("torch.cat", _cat_conv, (only("dim", 1, -1, -3, default=0),), operands=("tensors",),
+                                    note="along channels: the union of the node groups"))
+register_function(torch.stack, OpSpec("torch.stack", _stack_conv, (only("dim", 1, 2, default=0),), operands=("tensors",),
+                                      note="of (B, C, H, W) maps, merged into channels by a flatten(1, 2) or view next"))
+register_function(torch.chunk, OpSpec("torch.chunk", _chunk_conv, (where("chunks", lambda v: isinstance(v, int) and v >= 1, "a positive int"),
+                                                                    only("dim", 1, -1, -3, default=0)), note="along channels"))
+register_method(torch.Tensor.chunk, OpSpec("Tensor.chunk", _chunk_conv, (where("chunks", lambda v: isinstance(v, int) and v >= 1, "a positive int"),
+                                                                        only("dim", 1, -1, -3, default=0)), note="along channels"))
+_SPLIT = (where("split_size_or_sections", lambda v: (isinstance(v, int) and v >= 1) or (isinstance(v, (tuple, list)) and all(isinstance(a, int) for a in v)),
+                "an int or a list of ints"), only("dim", 1, -1, -3, default=0))
+register_function(torch.split, OpSpec("torch.split", _split_conv, _SPLIT, operands=("tensor",), note="along channels"))
+register_method(torch.Tensor.split, OpSpec("Tensor.split", _split_conv, _SPLIT, note="along channels"))
+register_function(operator.getitem, OpSpec("operator.getitem ([])", _getitem_conv, (where("index", lambda v: isinstance(v, int), "an int"),),
+                                           note="picks one part of torch.chunk/split"))
+register_method(torch.Tensor.unflatten, OpSpec("Tensor.unflatten", _unflatten_conv, (
+    only("dim", 1), where("sizes", lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(a, int) for a in v), "(groups, channels per group)")),
+    note="channel shuffle only: unflatten(1, (g, c)) -> transpose(1, 2) -> flatten(1, 2) relabels the channel nodes"))
+_TRANSPOSE = (where("dim0", lambda v: v in (1, 2), "1 or 2"), where("dim1", lambda v: v in (1, 2), "1 or 2"))
+register_method(torch.Tensor.transpose, OpSpec("Tensor.transpose", _transpose_conv, _TRANSPOSE, note="channel shuffle only (see Tensor.unflatten)"))
+register_function(torch.transpose, OpSpec("torch.transpose", _transpose_conv, _TRANSPOSE, note="channel shuffle only (see Tensor.unflatten)"))
+_END_LAST_OR_2 = where("end_dim", lambda v: v in (-1, 2), "-1, or 2 right after x.unflatten(1, (g, c))", default=-1)
+register_function(torch.flatten, OpSpec("torch.flatten", _flatten12_or_default(_flatten_conv), (_START_1, _END_LAST_OR_2)))
+register_method(torch.Tensor.flatten, OpSpec("Tensor.flatten", _flatten12_or_default(_flatten_conv), (_START_1, _END_LAST_OR_2)))
+register_method(torch.Tensor.contiguous, OpSpec("Tensor.contiguous", _pass_through, (only("memory_format", torch.contiguous_format, default=torch.contiguous_format),),
+                                                note="identity"))
+
+
+# -- channels-last blocks (ConvNeXt): permute, LayerNorm over channels, parameters read in forward ----------------
+def _permute_conv(cv, node, xs, opts):
+    return cv._permute(node, cv._activation(xs[0], node), opts["dims"])
+
+
+_DIMS = where("dims", lambda v: isinstance(v, (tuple, list)) and all(isinstance(a, int) for a in v), "(0, 2, 3, 1) or (0, 3, 1, 2)")
+register_method(torch.Tensor.permute, OpSpec("Tensor.permute", _permute_conv, (_DIMS,), varargs=True,
+                                             note="to channels-last (0, 2, 3, 1) and back (0, 3, 1, 2), around LayerNorm/Linear"))
+register_function(torch.permute, OpSpec("torch.permute", _permute_conv, (_DIMS,),
+                                        note="to channels-last (0, 2, 3, 1) and back (0, 3, 1, 2), around LayerNorm/Linear"))
+
+
+def _layernorm_conv(cv, node, xs, opts):
+    m = cv.modules[node.target]
+    return cv._layer_norm(node, cv._activation(xs[0], node), m.weight, getattr(m, "bias", None), m.eps)
+
+
+register_module(nn.LayerNorm, OpSpec("nn.LayerNorm", _layernorm_conv, (
+    where("normalized_shape", lambda v: isinstance(v, (tuple, list)) and len(v) == 1, "one axis: the channels (or features)", example=(4,)),
+    _float_opt("eps", 1e-5), any_of("elementwise_affine", True), any_of("bias", True, read=lambda m: getattr(m, "bias", None) is not None)),
+    note="over the channel nodes of a Linear/Conv output (channels-last maps or vectors): its scale and shift become "
+         "node features (norm_in slots); only a Linear may read it"))
+
+
+def _param_conv(cv, node, xs, opts):
+    target = opts["target"]
+    value = cv.model
+    for part in target.split("."):
+        value = getattr(value, part)
+    if not isinstance(value, torch.Tensor):
+        raise UnsupportedLayerError(f"attribute '{target}'", node.name, "only tensors may be read from the module")
+    return _Param(target, value)
+
+
+_PARAM_SPEC = OpSpec("tensor attribute", _param_conv, note="a per-channel parameter scaling a fresh layer output (layer scale)")
+
+
+# -- reshapes that only regroup: x.view(-1, n) / x.reshape(-1, n) is flatten(1) ----------------------------------
+def _regroup_conv(cv, node, xs, opts):
+    x = cv._activation(xs[0], node)
+    sizes = tuple(_concrete(opts["shape"]))
+    shape = cv.shapes.get(node.args[0].name) if isinstance(node.args[0], fx.Node) else None
+    if shape is not None and len(sizes) >= 4 and sizes[0] == -1 and x.group is not None:
+        spatial = tuple(int(d) for d in shape[-2:])
+        if x.unflat is None and x.spatial and x.dims == 2 and len(sizes) == 5 and sizes[3:] == spatial:
+            g, c = sizes[1], sizes[2]
+            return _unflatten_conv(cv, node, [x], {"dim": 1, "sizes": (g, c)})  # (B, g, c, H, W): unflatten(1, (g, c))
+        if x.unflat is not None and len(sizes) == 4 and sizes[2:] == spatial and sizes[1] in (-1, x.unflat[0] * x.unflat[1]):
+            return _shuffle_flatten(cv, node, x)  # (B, g·c, H, W) after a (transposed) unflatten: the shuffle's relabelling
+    shape = cv.shapes.get(node.args[0].name) if isinstance(node.args[0], fx.Node) else None
+    if x.group is not None and x.unflat is None and len(sizes) == 2 and sizes[0] == -1:
+        if shape is None:
+            raise ShapeMismatchError(f"'{node.name}' needs the feature-map size: pass input_shape=(C, H, W)")
+        n = 1
+        for d in shape[1:]:
+            n *= int(d)
+        if sizes[1] in (-1, n):
+            return cv._flatten(node, x)  # (B, C, ...) -> (B, C·...): exactly flatten(1)
+    raise UnsupportedOptionError(cv._label(node), cv._position(node), "shape", sizes,
+                                 "(-1, n) with n all of a sample's values: a flatten(1) (other reshapes change which values are channels)")
+
+
+_SHAPE = where("shape", lambda v: isinstance(v, (tuple, list)) and all(isinstance(a, int) for a in v),
+                "(-1, n): a flatten(1); or a channel shuffle's (B, g, c, H, W) -> (B, -1, H, W)", example=(-1, 4))
+for _m in ("view", "reshape"):
+    register_method(getattr(torch.Tensor, _m), OpSpec(f"Tensor.{_m}", _regroup_conv, (_SHAPE,), varargs=True,
+                                                      note="a flatten(1), or the two views of a channel shuffle"))
+register_function(torch.reshape, OpSpec("torch.reshape", _regroup_conv, (_SHAPE,), note="a flatten(1), or the two views of a channel shuffle"))
+
+
+# -- sizes read from the input (x.size(), x.shape): for view/reshape arguments, e.g. torchvision's channel shuffle ----
+class _Batch:
+    """The batch size in a shape read from an activation: any view/reshape must keep it first."""
+
+    def __repr__(self):
+        return "<batch>"
+
+
+BATCH = _Batch()
+
+
+def _shape_nodes(v) -> bool:
+    """Whether ``v`` holds fx nodes that compute sizes (x.size(), x.shape, their entries and integer arithmetic)."""
+    if isinstance(v, fx.Node):
+        return (v.op == "call_function" and v.target in (getattr, operator.getitem, operator.floordiv)) or \
+            (v.op == "call_method" and v.target == "size")
+    if isinstance(v, (tuple, list)):
+        return any(_shape_nodes(a) for a in v)
+    return False
+
+
+def _concrete(v):
+    """A size value with the batch entry as -1, for option checks."""
+    if v is BATCH:
+        return -1
+    if isinstance(v, (tuple, list)):
+        return type(v)(_concrete(a) for a in v)
+    return v
+
+
+def _size_of(cv, node, x):
+    if not isinstance(x, _Activation):
+        raise UnsupportedLayerError(cv._label(node), node.name, "it reads the size of something that is not an activation")
+    src = node.args[0]
+    shape = cv.shapes.get(src.name) if isinstance(src, fx.Node) else None
+    if shape is None:
+        raise ShapeMismatchError(f"'{node.name}' reads a size: pass input_shape=(C, H, W)")
+    return (BATCH,) + tuple(int(d) for d in shape[1:])
+
+
+def _size_conv(cv, node, xs, opts):
+    size = _size_of(cv, node, xs[0])
+    return size if opts["dim"] is None else size[opts["dim"]]
+
+
+def _shape_attr_conv(cv, node, xs, opts):
+    return _size_of(cv, node, xs[0])
+
+
+def _int_arith(fn, name):
+    def convert(cv, node, xs, opts):
+        a, b = xs
+        if isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool) and not isinstance(b, bool):
+            return fn(a, b)
+        if isinstance(a, _Activation) or isinstance(b, _Activation):
+            raise UnsupportedLayerError(name, node.name, "it converts only on sizes (x.size(1) // 2), not on activations")
+        raise UnsupportedLayerError(name, node.name, "it involves the batch size, which a stream does not fix")
+
+    return convert
+
+
+register_method(torch.Tensor.size, OpSpec("Tensor.size", _size_conv, (where("dim", lambda v: v is None or isinstance(v, int), "None or an int", default=None),),
+                                          note="sizes for view/reshape arguments (needs input_shape=)"))
+register_function(getattr, OpSpec("getattr", _shape_attr_conv, (only("name", "shape"),), note="x.shape only, for view/reshape arguments"))
+register_function(operator.floordiv, OpSpec("operator.floordiv (//)", _int_arith(operator.floordiv, "operator.floordiv (//)"), operands=_BINARY,
+                                            note="on sizes only"))
+
+
+# what dng_tgn itself registers, before any user registration (the README documents this set)
+_BUILT_IN = {"module": dict(MODULES), "function": dict(FUNCTIONS), "tensor method": dict(METHODS)}
+
+
+def supported_table(built_in_only: bool = False) -> str:
+    """The allow-list as a Markdown table; ops with the same options and note share a row.
+
+    The README's "What converts" section holds ``supported_table(built_in_only=True)``.
+    """
+
+    def opts(spec):
+        parts = []
+        for o in spec.options:
+            d = "" if o.default is REQUIRED else f"; default `{o.default!r}`"
+            parts.append(f"`{o.name}`: {o.supported}{d}")
+        return "<br>".join(parts) or "—"
+
+    rows: dict[tuple, list[str]] = {}
+    live = {"module": MODULES, "function": FUNCTIONS, "tensor method": METHODS}
+    for kind, table in (_BUILT_IN if built_in_only else live).items():
+        for spec in table.values():
+            rows.setdefault((kind, opts(spec), spec.note), []).append(f"`{spec.name}`")
+    lines = ["| kind | ops | options (supported values; default) | notes |", "| --- | --- | --- | --- |"]
+    lines += [f"| {kind} | {', '.join(names)} | {o} | {note} |" for (kind, o, note), names in rows.items()]
+    return "\n".join(lines)
+
+
+# ================================================================================================
+# The converter
+# ================================================================================================
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, tuple(_MODULE_TRANSFORMS)) or super().is_leaf_module(m, qualname)
+        return type(m) in MODULES or super().is_leaf_module(m, qualname)
 
 
 @dataclass(frozen=True)
@@ -61,66 +861,216 @@ class _Activation:
     step: int  # timestamp that computed the group (0 for inputs)
     transforms: tuple = ()
     fresh: bool = False  # a layer's output before any transform: residual sums may still join it
-    spatial: bool = False  # holds (C, H, W) maps, one node per channel
+    spatial: bool = False  # holds feature maps, one node per channel
     flatten_hw: tuple[int, int] | None = None  # flattened maps: virtual vertices per channel
+    pooled_keepdim: tuple = ()  # globally pooled with keepdim: the model holds (B, C, *this), the stream (B, C)
+    dims: int | None = None  # 1: the model holds (B, C, L) maps, which the stream holds as (B, C, L, 1); 2: (B, C, H, W)
+    # A channel selection/union (torch.cat, chunk/split, channel shuffle): ``group`` is COMPOSITE and the channels are,
+    # in order, ``idx`` of each part's activation (a plain one). Readers get one edge group per source node group.
+    parts: tuple = ()
+    unflat: tuple | None = None  # after x.unflatten(1, (g, c)): (g, c, transposed)
+    channels_last: bool = False  # the model holds (B, H, W, C) (x.permute(0, 2, 3, 1)); channels are still the nodes
+    normed: bool = False  # a LayerNorm sits in the group's norm_in slots: only a Linear may read it next
+
+
+@dataclass(frozen=True)
+class _Param:
+    """A parameter the forward pass reads directly (``self.gamma``)."""
+
+    name: str
+    value: torch.Tensor
+
+
+COMPOSITE = -1  # _Activation.group of a channel selection/union (see ``parts``)
+
+
+@dataclass(frozen=True)
+class _Bound:
+    spec: OpSpec
+    label: str
+    operands: tuple
+    options: dict
 
 
 class _Converter:
     def __init__(self, model: nn.Module, input_shape, arch: str):
         self.model = model
         self.modules = dict(model.named_modules())
-        self.params = {id(p): n for n, p in model.named_parameters()}
         self.b = StreamBuilder(arch)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.input_group: int | None = None
         self.shapes: dict[str, torch.Size] = {}
+        self.bound: dict[str, _Bound] = {}
 
     # -- entry ---------------------------------------------------------------------------------------------
     def run(self) -> EventStream:
+        was_training = self.model.training
+        self.model.eval()  # trace and run the eval-mode forward (dropout off, F.dropout(training=self.training))
         try:
-            graph = _Tracer().trace(self.model)
-        except Exception as exc:
-            raise UnsupportedLayerError(type(self.model).__name__, "forward", f"torch.fx cannot trace it ({exc})") from exc
-        gm = fx.GraphModule(self.model, graph)
-        if self.input_shape is not None:
-            self._propagate_shapes(gm)
+            try:
+                graph = _Tracer().trace(self.model)
+            except Exception as exc:
+                raise UnsupportedLayerError(type(self.model).__name__, "forward", f"torch.fx cannot trace it ({exc})") from exc
+            gm = fx.GraphModule(self.model, graph)
+            self._check_graph(graph)  # the allow-list, before anything runs
+            if self.input_shape is not None:
+                self._propagate_shapes(gm)
+        finally:
+            self.model.train(was_training)
         env: dict[str, object] = {}
         output = None
         for node in graph.nodes:
             if node.op == "placeholder":
-                if sum(n.op == "placeholder" for n in graph.nodes) > 1:
-                    raise UnsupportedLayerError("multiple inputs", node.name, "only single-input networks convert")
-                env[node.name] = _Activation(group=None, step=0, spatial=self._is_spatial(node))
+                shape = self.shapes.get(node.name)
+                dims = len(shape) - 2 if shape is not None and len(shape) in (3, 4) else None
+                env[node.name] = _Activation(group=None, step=0, spatial=dims is not None, dims=dims)
             elif node.op == "output":
                 output = self._arg(env, node.args[0], node)
             else:
                 env[node.name] = self._visit(node, env)
+        if isinstance(output, _Activation) and (output.parts or output.unflat is not None):
+            raise UnsupportedLayerError(type(self.model).__name__, "output", "the network output is a concatenation or channel "
+                                        "selection; end the network with a layer with weights")
         if not isinstance(output, _Activation) or output.group is None:
             raise UnsupportedLayerError(type(self.model).__name__, "output", "the network output is not computed by a layer with weights")
+        transforms = output.transforms
         if output.flatten_hw is not None:
-            raise UnsupportedLayerError("Flatten", "output", "a flattened map must feed a Linear layer")
-        return self.b.build(output=output.group, output_transform=output.transforms, input_shape=self.input_shape)
+            transforms += (T.Reshape((-1,)),)  # the network returns the flattened maps
+        if output.pooled_keepdim:
+            transforms += (T.Reshape((-1, *output.pooled_keepdim)),)  # the network returns (B, C, 1, 1) or (B, C, 1)
+        if output.spatial and output.dims == 1:
+            transforms += (T.Reshape((self.b.node_groups[output.group].size, -1)),)  # (B, C, L, 1) -> (B, C, L)
+        return self.b.build(output=output.group, output_transform=transforms, input_shape=self.input_shape)
 
+    # -- the allow-list check ------------------------------------------------------------------------------
+    def _check_graph(self, graph: fx.Graph) -> None:
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        if len(placeholders) > 1:
+            raise UnsupportedLayerError("multiple inputs", placeholders[1].name, "only single-input networks convert")
+        for node in graph.nodes:
+            if node.op in ("placeholder", "output"):
+                continue
+            bound = self._bind(node)
+            self._check_inplace(node, bound)
+            self.bound[node.name] = bound
+
+    def _bind(self, node: fx.Node) -> _Bound:
+        if node.op == "call_module":
+            m = self.modules[node.target]
+            spec = MODULES.get(type(m))
+            if spec is None:
+                raise UnsupportedLayerError(type(m).__name__, node.target, REFUSED_HINTS.get(type(m)) or _supported_hint("modules"))
+            if len(node.args) != 1 or node.kwargs:
+                raise UnsupportedLayerError(spec.name, node.target, "a module call takes exactly one input")
+            opts = {}
+            for o in spec.options:
+                value = o.read(m) if o.read is not None else getattr(m, o.name)
+                if not o.allows(value):
+                    raise UnsupportedOptionError(type(m).__name__, node.target, o.name, value, o.supported)
+                opts[o.name] = value
+            self._check_constraint(spec, type(m).__name__, node.target, opts)
+            return _Bound(spec, type(m).__name__, tuple(node.args), opts)
+        if node.op == "call_function":
+            spec = FUNCTIONS.get(node.target)
+            label = spec.name if spec else _fn_name(node.target) if callable(node.target) else str(node.target)
+            if spec is None:
+                raise UnsupportedLayerError(label, node.name, _supported_hint("functions"))
+        elif node.op == "call_method":
+            spec = METHODS.get(getattr(torch.Tensor, node.target, None))
+            label = spec.name if spec else f"Tensor.{node.target}"
+            if spec is None:
+                raise UnsupportedLayerError(label, node.name, _supported_hint("tensor methods"))
+        elif node.op == "get_attr":
+            # a parameter read in forward (ConvNeXt's layer scale): it converts only as a per-channel scale of a
+            # fresh layer output, which folds it into that layer's weights and bias (see _Converter._layer_scale)
+            return _Bound(_PARAM_SPEC, f"tensor attribute '{node.target}'", (), {"target": node.target})
+        else:
+            raise UnsupportedLayerError(node.op, node.name, "only modules, functions and tensor methods are supported")
+        names = spec.operands + tuple(o.name for o in spec.options)
+        args = tuple(node.args)
+        if spec.varargs and len(args) > len(names):
+            args = args[: len(names) - 1] + (tuple(args[len(names) - 1:]),)
+        if len(args) > len(names):
+            raise UnsupportedLayerError(label, node.name, f"takes at most {len(names)} arguments ({', '.join(names)}), got {len(node.args)}")
+        given = dict(zip(names, args))
+        for k, v in node.kwargs.items():
+            if k not in names:
+                raise UnsupportedOptionError(label, node.name, k, v, "none: it is not an argument the converter knows (" + ", ".join(names) + ")")
+            if k in given:
+                raise UnsupportedLayerError(label, node.name, f"argument '{k}' given twice")
+            given[k] = v
+        for k in spec.operands:
+            if k not in given:
+                raise UnsupportedLayerError(label, node.name, f"missing argument '{k}'")
+        opts = {}
+        for o in spec.options:
+            if o.name not in given and o.default is REQUIRED:
+                raise UnsupportedLayerError(label, node.name, f"missing argument '{o.name}'")
+            value = given.get(o.name, o.default)
+            if _shape_nodes(value):
+                opts[o.name] = value  # sizes read from x.size()/x.shape: checked once they are known (_visit)
+                continue
+            if isinstance(value, fx.Node):
+                raise UnsupportedOptionError(label, node.name, o.name, value.name, "a constant (not computed from the input)")
+            if not o.allows(value):
+                raise UnsupportedOptionError(label, node.name, o.name, value, o.supported)
+            opts[o.name] = value
+        self._check_constraint(spec, label, node.name, opts)
+        return _Bound(spec, label, tuple(given[k] for k in spec.operands), opts)
+
+    @staticmethod
+    def _check_constraint(spec: OpSpec, label: str, position: str, opts: dict) -> None:
+        broken = spec.constraint(opts) if spec.constraint is not None else None
+        if broken is not None:
+            option, supported = broken
+            raise UnsupportedOptionError(label, position, option, opts[option], supported)
+
+    def _check_inplace(self, node: fx.Node, bound: _Bound) -> None:
+        if not (bound.spec.inplace or bound.options.get("inplace") is True):
+            return
+        target = bound.operands[0]
+        if isinstance(target, fx.Node) and len(target.users) > 1:
+            raise UnsupportedLayerError(
+                bound.label, node.target if node.op == "call_module" else node.name,
+                f"it works in place on '{target.name}', which other ops also read; the traced graph cannot say which value they see",
+            )
+
+    def _label(self, node) -> str:
+        return self.bound[node.name].label
+
+    # -- shapes ----------------------------------------------------------------------------------------------
     def _propagate_shapes(self, gm):
-        from torch.fx.passes.shape_prop import ShapeProp
+        shapes = self.shapes
 
-        example = torch.zeros((1, *self.input_shape))
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            ShapeProp(gm).propagate(example)
-        except Exception as exc:
-            raise ShapeMismatchError(f"input_shape {self.input_shape} does not fit the model: {exc}") from exc
-        finally:
-            self.model.train(was_training)
-        for n in gm.graph.nodes:
-            meta = n.meta.get("tensor_meta")
-            if meta is not None and hasattr(meta, "shape"):
-                self.shapes[n.name] = meta.shape
+        class _Shapes(fx.Interpreter):
+            def run_node(self, n):
+                try:
+                    out = super().run_node(n)
+                except Exception as exc:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise ShapeMismatchError(
+                        f"input_shape {tuple(example.shape[1:])} does not fit the model at '{n.name}' ({n.format_node()}): {first}"
+                    ) from None
+                if isinstance(out, torch.Tensor):
+                    shapes[n.name] = out.shape
+                return out
 
-    def _is_spatial(self, node) -> bool:
-        shape = self.shapes.get(node.name)
-        return shape is not None and len(shape) == 4
+        example = torch.zeros((2, *self.input_shape))
+        interpreter = _Shapes(gm)
+        interpreter.extra_traceback = False  # our error already names the node
+        with torch.no_grad():
+            interpreter.run(example)
+
+    def _maps(self, x: _Activation, node, dims: int) -> _Activation:
+        """``x`` as feature maps of ``dims`` spatial axes; the raw input of a 1-d op gets its trailing axis here."""
+        where = self._position(node)
+        if x.flatten_hw is not None or x.pooled_keepdim or (x.group is not None and not x.spatial):
+            raise UnsupportedLayerError(self._label(node), where, "it needs feature maps, got a vector")
+        if x.dims is not None and x.dims != dims:
+            raise UnsupportedLayerError(self._label(node), where, f"it needs {dims}-d feature maps, got {x.dims}-d ones")
+        if x.group is None and dims == 1 and not any(isinstance(t, T.Unsqueeze) for t in x.transforms):
+            x = replace(x, transforms=x.transforms + (T.Unsqueeze(),))
+        return replace(x, spatial=True, dims=dims)
 
     # -- dispatch ------------------------------------------------------------------------------------------
     def _arg(self, env, a, node):
@@ -131,122 +1081,83 @@ class _Converter:
         raise UnsupportedLayerError(f"output {type(a).__name__}", node.name, "the network must return one tensor")
 
     def _visit(self, node: fx.Node, env) -> _Activation:
-        if node.op == "call_module":
-            return self._module(node, self.modules[node.target], env)
-        if node.op == "call_function":
-            return self._function(node, env)
-        if node.op == "call_method":
-            return self._method(node, env)
-        raise UnsupportedLayerError(node.op, node.name, "only modules, functions and tensor methods are supported")
+        bound = self.bound[node.name]
+        def value(a):
+            if isinstance(a, fx.Node):
+                return env[a.name]
+            if isinstance(a, (tuple, list)):
+                return type(a)(value(v) for v in a)
+            return a
 
-    def _src(self, node, env) -> _Activation:
-        a = node.args[0] if node.args else None
-        if not isinstance(a, fx.Node) or not isinstance(env.get(a.name), _Activation):
-            raise UnsupportedLayerError(str(node.target), node.name, "its input is not an activation")
-        return env[a.name]
+        xs = [value(a) for a in bound.operands]
+        opts = bound.options
+        if any(_shape_nodes(v) for v in opts.values()):
+            opts = {k: value(v) for k, v in opts.items()}
+            for o in bound.spec.options:
+                if _shape_nodes(bound.options.get(o.name)) and not o.allows(_concrete(opts[o.name])):
+                    raise UnsupportedOptionError(bound.label, self._position(node), o.name, opts[o.name], o.supported)
+        return bound.spec.convert(self, node, xs, opts)
 
-    def _module(self, node, m: nn.Module, env) -> _Activation:
-        x = self._src(node, env)
-        if isinstance(m, nn.Linear):
-            return self._linear(node.target, m.weight, m.bias, x)
-        if isinstance(m, nn.Conv2d):
-            return self._conv(node.target, m, x)
-        if type(m) in _MODULE_TRANSFORMS:
-            return self._then(x, _MODULE_TRANSFORMS[type(m)](m))
-        if isinstance(m, _NO_OP_MODULES):
-            return x
-        if isinstance(m, nn.Flatten):
-            if m.start_dim != 1:
-                raise UnsupportedLayerError("Flatten", node.target, "only start_dim=1 is supported")
-            return self._flatten(node, x)
-        if isinstance(m, (nn.AdaptiveAvgPool2d,)):
-            size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size, m.output_size)
-            if tuple(size) != (1, 1):
-                raise UnsupportedLayerError("AdaptiveAvgPool2d", node.target, "only global pooling (output_size=1) is supported")
-            return self._global_pool(x)
-        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-            pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
-            op = F.max_pool2d if isinstance(m, nn.MaxPool2d) else F.avg_pool2d
-            t = T.Pool2d(op, pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding))
-            return self._then(x, t)
-        hint = ""
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            hint = "fold it into the preceding layer first: to_event_stream(model.eval(), fold_batchnorm=True)"
-        raise UnsupportedLayerError(type(m).__name__, node.target, hint)
+    def _activation(self, x, node) -> _Activation:
+        if not isinstance(x, _Activation):
+            raise UnsupportedLayerError(self._label(node), self._position(node), "its input is not an activation computed from the network input")
+        return x
 
-    def _function(self, node, env) -> _Activation:
-        f = node.target
-        if f in _FUNCTION_TRANSFORMS:
-            return self._then(self._src(node, env), _FUNCTION_TRANSFORMS[f])
-        if f in (F.dropout, F.dropout2d):
-            return self._src(node, env)
-        if f is torch.flatten:
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            if start != 1:
-                raise UnsupportedLayerError("torch.flatten", node.name, "only start_dim=1 is supported")
-            return self._flatten(node, self._src(node, env))
-        if f in _ADD:
-            return self._add(node, env)
-        if f in (operator.mul, torch.mul, operator.truediv):
-            return self._scale(node, env)
-        if f is F.adaptive_avg_pool2d:
-            size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
-            if size not in (1, (1, 1), [1, 1]):
-                raise UnsupportedLayerError("adaptive_avg_pool2d", node.name, "only global pooling (output_size=1) is supported")
-            x = self._src(node, env)
-            return self._global_pool(x)
-        if f is F.linear:
-            raise UnsupportedLayerError("F.linear", node.name, "use nn.Linear modules so weights have names")
-        raise UnsupportedLayerError(getattr(f, "__name__", str(f)), node.name)
-
-    def _method(self, node, env) -> _Activation:
-        name = node.target
-        x = self._src(node, env)
-        if name in _METHOD_TRANSFORMS:
-            return self._then(x, _METHOD_TRANSFORMS[name])
-        if name == "mean":
-            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-            dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
-            if sorted(d % 4 for d in dims) == [2, 3] and x.spatial:
-                return self._global_pool(x)
-        if name == "flatten":
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            if start == 1:
-                return self._flatten(node, x)
-        if name in ("add", "add_"):
-            return self._add(node, env)
-        raise UnsupportedLayerError(f"Tensor.{name}", node.name)
+    def _position(self, node) -> str:
+        return node.target if node.op == "call_module" else node.name
 
     # -- transforms ----------------------------------------------------------------------------------------
-    def _then(self, x: _Activation, t) -> _Activation:
-        if x.flatten_hw is not None and not isinstance(t, T.Elementwise):
-            raise UnsupportedLayerError(str(t), "after flatten", "only pointwise functions may follow a flatten")
+    def _then(self, x: _Activation, t, node=None) -> _Activation:
+        where = self._position(node) if node is not None else "after flatten"
+        if x.unflat is not None:
+            raise UnsupportedLayerError(str(t), where, "it follows an unflatten of the channel axis; only a channel shuffle "
+                                        "(unflatten(1, (g, c)) -> transpose(1, 2) -> flatten(1, 2)) converts")
+        if x.normed:
+            raise UnsupportedLayerError(str(t), where, "only a Linear may read a LayerNorm's output")
+        if x.parts:
+            parts = tuple((self._then(base, t, node), idx) for base, idx in x.parts)
+            return replace(x, parts=parts, fresh=False)
+        if x.flatten_hw is not None and not t.pointwise:
+            raise UnsupportedLayerError(str(t), where, "only pointwise functions may follow a flatten")
+        if not t.pointwise and (x.pooled_keepdim or (not x.spatial and (self.shapes or x.group is not None))):
+            raise UnsupportedLayerError(str(t), where, "pooling needs feature maps")
         return replace(x, transforms=x.transforms + (t,), fresh=False)
 
-    @staticmethod
-    def _global_pool(x: _Activation) -> _Activation:
-        """(B, C, H, W) -> (B, C): each channel node keeps one scalar from here on."""
-        return replace(x, transforms=x.transforms + (T.GlobalAvgPool(),), fresh=False, spatial=False)
-
-    def _scale(self, node, env) -> _Activation:
-        a, c = node.args[0], node.args[1]
-        if isinstance(c, fx.Node):
-            a, c = c, a
-        if isinstance(a, fx.Node) and isinstance(c, (int, float)):
-            factor = float(c) if node.target is not operator.truediv else 1.0 / float(c)
-            return self._then(env[a.name], T.Scale(factor))
-        raise UnsupportedLayerError("multiplication", node.name, "only scaling by a constant is supported")
+    def _global_pool(self, x: _Activation, node, keepdim: bool, dims: int | None) -> _Activation:
+        """(B, C, H, W) or (B, C, L) -> (B, C): each channel node keeps one scalar from here on."""
+        if x.flatten_hw is not None or x.pooled_keepdim or (not x.spatial and (self.shapes or x.group is not None)):
+            raise UnsupportedLayerError(self._label(node), self._position(node), "global pooling needs feature maps")
+        dims = dims if dims is not None else x.dims
+        if dims is None or (x.dims is not None and x.dims != dims):
+            raise UnsupportedLayerError(self._label(node), self._position(node),
+                                        f"it pools {dims}-d maps but gets {x.dims or 'unknown'}-d ones (pass input_shape=)")
+        keep = (1,) * dims if keepdim else ()
+        if x.parts:
+            parts = tuple((replace(b, transforms=b.transforms + (T.GlobalAvgPool(),), fresh=False, spatial=False, pooled_keepdim=keep), i)
+                          for b, i in x.parts)
+            return replace(x, parts=parts, fresh=False, spatial=False, pooled_keepdim=keep)
+        return replace(x, transforms=x.transforms + (T.GlobalAvgPool(),), fresh=False, spatial=False, pooled_keepdim=keep)
 
     def _flatten(self, node, x: _Activation) -> _Activation:
-        if x.group is None and not x.transforms:
-            return replace(x, spatial=False)  # flattened raw input: the first Linear reads in_features input nodes
+        if x.parts and x.pooled_keepdim:
+            return replace(x, pooled_keepdim=(), parts=tuple((replace(b, pooled_keepdim=()), i) for b, i in x.parts), fresh=False)
+        if x.parts and x.spatial:
+            raise UnsupportedLayerError(self._label(node), self._position(node),
+                                        "flattening the maps of a concatenation/channel selection is not supported; pool them first")
+        if x.pooled_keepdim:
+            return replace(x, pooled_keepdim=(), fresh=False)  # (B, C, 1, 1) -> (B, C): what the stream holds
+        if x.group is None:
+            if any(not t.pointwise for t in x.transforms):
+                raise UnsupportedLayerError(self._label(node), self._position(node), "pooling the raw input before a flatten is not supported")
+            return replace(x, spatial=False, dims=None)  # flattened raw input: the first Linear reads in_features input nodes
         if not x.spatial:
             return x  # (B, C) stays (B, C): e.g. after global pooling
         src_node = node.args[0]
         shape = self.shapes.get(src_node.name)
         if shape is None:
             raise ShapeMismatchError(f"Flatten at '{node.name}' needs the feature-map size: pass input_shape=(C, H, W)")
-        return replace(x, flatten_hw=(int(shape[2]), int(shape[3])), spatial=False, fresh=False)
+        hw = (int(shape[2]), int(shape[3])) if len(shape) == 4 else (int(shape[2]), 1)
+        return replace(x, flatten_hw=hw, spatial=False, fresh=False)
 
     # -- layers with weights -------------------------------------------------------------------------------
     def _source_group(self, x: _Activation, size: int, where: str) -> int:
@@ -258,9 +1169,214 @@ class _Converter:
             raise ShapeMismatchError(f"'{where}' reads {size} input nodes but the input has {self.b.node_groups[self.input_group].size}")
         return self.input_group
 
-    def _linear(self, name: str, weight: torch.Tensor, bias, x: _Activation) -> _Activation:
+    # -- the public layer API, for the ``convert`` callables of register_module/function/method --------------------
+    def activation(self, x, node) -> "_Activation":
+        """``x`` (an operand handed to ``convert``), checked to be an activation computed from the network input."""
+        return self._activation(x, node)
+
+    def add_layer(self, node, x, weight: torch.Tensor, op, bias: torch.Tensor | None = None, groups: int = 1,
+                  name: str | None = None, spatial: bool | None = None, param_name: str | None = None) -> "_Activation":
+        """A layer of your own: one new timestamp, ``weight.shape[0]`` new nodes (with ``bias``), and one edge per
+        (output node, input node in its group, slot), whose scalars are ``weight`` (c_out, c_in / groups, slots).
+
+        ``op`` is an :class:`~dng_tgn.graph.edge_ops.EdgeOp` that :func:`dng_tgn.replay` calls as ``op(x, w)`` with the
+        reader's activation and the dense (c_out, c_in, slots) weight rebuilt from the edges. Returns the layer's output.
+        """
+        x = self._activation(x, node)
+        name = name or self._position(node)
+        w = weight.detach().float()
+        if w.dim() == 2:
+            w = w.unsqueeze(-1)
+        out = self._weighted(name, x, w, int(groups), op, bias, tuple(weight.shape), x.spatial if spatial is None else spatial,
+                             pname=param_name)
+        return replace(out, dims=x.dims if out.spatial else None)
+
+    def then(self, x, transform, node) -> "_Activation":
+        """``x`` followed by a parameter-free :class:`~dng_tgn.graph.transforms.Transform` (run by the next reader)."""
+        return self._then(self._activation(x, node), transform, node)
+
+    def module(self, node) -> nn.Module:
+        """The module a ``call_module`` node calls."""
+        return self.modules[node.target]
+
+    def _channels(self, x: _Activation) -> list[tuple[_Activation, int]]:
+        """``x``'s channels in order, each as (plain activation, node index in its group)."""
+        if x.parts:
+            return [(b, int(i)) for b, idx in x.parts for i in idx]
+        if x.group is None:
+            raise UnsupportedLayerError("channel selection", "input", "the raw network input cannot be concatenated, split or shuffled; "
+                                        "apply a layer first")
+        return [(x, i) for i in range(self.b.node_groups[x.group].size)]
+
+    def _select(self, x: _Activation | None, order) -> _Activation:
+        """The channels ``order`` of ``x`` (a list of (activation, index) pairs or positions in ``x``)."""
+        if order and isinstance(order[0], tuple):
+            chans = list(order)
+        else:
+            allc = self._channels(x)
+            chans = [allc[c] for c in order]
+        parts: list[tuple[_Activation, list[int]]] = []
+        for base, i in chans:
+            if parts and parts[-1][0] == base:
+                parts[-1][1].append(i)
+            else:
+                parts.append((base, [i]))
+        if len(parts) == 1 and parts[0][1] == list(range(self.b.node_groups[parts[0][0].group].size)):
+            return replace(parts[0][0], fresh=False)
+        first = parts[0][0]
+        return _Activation(group=COMPOSITE, step=max(b.step for b, _ in parts), spatial=first.spatial, dims=first.dims,
+                           pooled_keepdim=first.pooled_keepdim, parts=tuple((b, tuple(i)) for b, i in parts))
+
+    def _sources(self, x: _Activation, c_in: int, where: str):
+        """[(node group, transforms, node indices, channel positions)] that a layer reading ``c_in`` channels of ``x`` reads."""
+        if not x.parts:
+            g = self._source_group(x, c_in, where)
+            size = self.b.node_groups[g].size
+            if size != c_in:
+                raise ShapeMismatchError(f"'{where}' expects {c_in} channels but '{self.b.node_groups[g].name}' has {size}")
+            return [(g, x.transforms, torch.arange(size), torch.arange(size))]
+        by_key: dict[tuple, tuple[list[int], list[int]]] = {}
+        col = 0
+        for base, idx in x.parts:
+            key = (base.group, base.transforms)
+            for i in idx:
+                by_key.setdefault(key, ([], []))
+                by_key[key][0].append(i)
+                by_key[key][1].append(col)
+                col += 1
+        if col != c_in:
+            raise ShapeMismatchError(f"'{where}' expects {c_in} channels but its input has {col}")
+        return [(g, tr, torch.tensor(i), torch.tensor(c)) for (g, tr), (i, c) in by_key.items()]
+
+    def _weighted(self, name, x: _Activation, w3: torch.Tensor, groups: int, op, bias, pshape, spatial: bool, pname=None) -> _Activation:
+        """A layer ``y = W * x + b`` with weight ``w3`` (c_out, c_in / groups, slots): edges only inside each group."""
+        pname = pname or f"{name}.weight"
+        c_out, c_in_g, k = w3.shape
+        c_in = c_in_g * groups
+        sources = self._sources(x, c_in, name)
+        step = self.b.new_step()
+        bref = (ParamRef(f"{name}.bias", (c_out,), torch.arange(c_out), slot=0),) if bias is not None else ()
+        dst = self.b.add_nodes(name, c_out, params=bref, bias=None if bias is None else bias.detach())
+        flat = flat_index((c_out, c_in_g, k))
+        for g, tr, idx, cols in sources:
+            size = self.b.node_groups[g].size
+            ename = f"{name}.weight" if len(sources) == 1 else f"{name}.weight[{self.b.node_groups[g].name}]"
+            if groups == 1 and cols.numel() == size and torch.equal(idx, torch.arange(size)):
+                whole = cols.numel() == c_in and torch.equal(cols, torch.arange(c_in))  # the common case: no copies
+                ref = ParamRef(pname, pshape, flat if whole else flat[:, cols])
+                self.b.add_edges(ename, g, dst, op, w3 if whole else w3[:, cols], src_transform=tr, params=(ref,))
+                continue
+            o, j = ((torch.arange(c_out) // (c_out // groups)).unsqueeze(1) == (cols // c_in_g).unsqueeze(0)).nonzero(as_tuple=True)
+            if o.numel() == 0:
+                continue
+            local = cols[j] % c_in_g
+            ref = ParamRef(pname, pshape, flat[o, local].unsqueeze(1))
+            self.b.add_edges(ename, g, dst, op, w3[o, local].unsqueeze(1), src_transform=tr, params=(ref,),
+                             pattern=Pattern.SPARSE, pairs=torch.stack([o, idx[j]]))
+        return _Activation(group=dst, step=step, fresh=True, spatial=spatial)
+
+    def _gate(self, node, a: _Activation, b: _Activation) -> _Activation:
+        """``a * b`` where one is a feature map and the other a per-channel gate (squeeze-and-excitation)."""
+        label, pos = self._label(node), self._position(node)
+
+        def is_gate(v):
+            return v.group not in (None, COMPOSITE) and not v.spatial and v.flatten_hw is None and v.unflat is None
+        if a.pooled_keepdim and not b.pooled_keepdim:
+            a, b = b, a
+        if not is_gate(b) or a.group in (None, COMPOSITE, b.group) or a.flatten_hw is not None or a.unflat is not None:
+            raise UnsupportedLayerError(label, pos, "only an activation times a constant number, or a product of two activations as a gate: "
+                                        "a feature map (or vector) of a layer times a per-channel gate computed elsewhere (squeeze-and-excitation)")
+        if a.spatial and b.pooled_keepdim != (1,) * (a.dims or 2):
+            raise UnsupportedLayerError(label, pos, "the gate of a feature map must have shape (B, C, 1, 1)")
+        if not a.spatial and (b.pooled_keepdim != a.pooled_keepdim):
+            raise UnsupportedLayerError(label, pos, "gate and gated activation need the same layout")
+        n = self.b.node_groups[a.group].size
+        if self.b.node_groups[b.group].size != n:
+            raise ShapeMismatchError(f"gate '{node.name}' multiplies {n} channels by {self.b.node_groups[b.group].size} gates")
+        step = self.b.new_step()
+        p = self.b.add_nodes(node.name, n, kind=NodeKind.COMPUTE)
+        self.b.add_edges(f"{node.name}.map", a.group, p, GatedMap(), None, kind=EdgeKind.GATE, pattern=Pattern.IDENTITY,
+                         src_transform=a.transforms)
+        self.b.add_edges(f"{node.name}.gate", b.group, p, Gate(), None, kind=EdgeKind.GATE, pattern=Pattern.IDENTITY,
+                         src_transform=b.transforms)
+        return _Activation(group=p, step=step, spatial=a.spatial, dims=a.dims, pooled_keepdim=a.pooled_keepdim)
+
+    def _layer_norm(self, node, x: _Activation, weight, bias, eps: float) -> _Activation:
+        """LayerNorm over the channel nodes: its scale and shift go into the group's norm_in slots (node features)."""
+        label, pos = self._label(node), self._position(node)
+        if x.group in (None, COMPOSITE) or x.parts or x.normed or x.flatten_hw is not None or x.unflat is not None:
+            raise UnsupportedLayerError(label, pos, "a LayerNorm converts on a layer's channels only")
+        if x.spatial or x.pooled_keepdim:
+            raise UnsupportedLayerError(label, pos, "a LayerNorm normalises the last axis: permute feature maps to channels-last "
+                                        "(x.permute(0, 2, 3, 1)) first")
+        g = self.b.node_groups[x.group]
+        if g.slot_mask[NODE_SLOTS.index("norm_in_weight")]:
+            raise UnsupportedLayerError(label, pos, f"'{g.name}' is already normalised")
+        src = node.args[0]
+        chain = [src] + ([src.args[0]] if src.op in ("call_method", "call_function") and src.args and isinstance(src.args[0], fx.Node) else [])
+        if any(len(n.users) != 1 for n in chain):
+            raise UnsupportedLayerError(label, pos, f"'{src.name}' is also read without the LayerNorm")
+        w_slot, b_slot = NODE_SLOTS.index("norm_in_weight"), NODE_SLOTS.index("norm_in_bias")
+        g.values = g.values.clone()
+        g.values[:, w_slot] = torch.ones(g.size) if weight is None else weight.detach().float()
+        g.values[:, b_slot] = torch.zeros(g.size) if bias is None else bias.detach().float()
+        g.slot_mask = g.slot_mask.clone()
+        g.slot_mask[w_slot] = g.slot_mask[b_slot] = True
+        name = node.target if node.op == "call_module" else node.name
+        refs = tuple(ParamRef(f"{name}.{k}", (g.size,), torch.arange(g.size), slot=sl)
+                     for k, p, sl in (("weight", weight, w_slot), ("bias", bias, b_slot)) if p is not None)
+        g.params = g.params + refs
+        g.norm_eps = float(eps)
+        return replace(x, normed=True, fresh=False)
+
+    def _permute(self, node, x: _Activation, dims) -> _Activation:
+        label, pos = self._label(node), self._position(node)
+        dims = tuple(int(d) % 4 for d in dims) if len(dims) == 4 else tuple(dims)
+        single = len(node.args[0].users) == 1 if isinstance(node.args[0], fx.Node) else False
+        ok = x.group not in (None, COMPOSITE) and not x.parts and x.unflat is None and x.flatten_hw is None and not x.normed
+        if ok and dims == (0, 2, 3, 1) and x.spatial and x.dims == 2 and not x.channels_last:
+            if x.transforms and x.transforms[-1] == T.Permute((0, 3, 1, 2)):  # a permute back and forth cancels
+                return replace(x, transforms=x.transforms[:-1], spatial=False, channels_last=True, fresh=x.fresh and single)
+            return replace(x, transforms=x.transforms + (T.Permute(dims),), spatial=False, channels_last=True, fresh=x.fresh and single)
+        if ok and dims == (0, 3, 1, 2) and x.channels_last:
+            if x.transforms and x.transforms[-1] == T.Permute((0, 2, 3, 1)):
+                return replace(x, transforms=x.transforms[:-1], spatial=True, dims=2, channels_last=False, fresh=x.fresh and single)
+            return replace(x, transforms=x.transforms + (T.Permute(dims),), spatial=True, dims=2, channels_last=False, fresh=x.fresh and single)
+        raise UnsupportedOptionError(label, pos, "dims", dims, "(0, 2, 3, 1) on (B, C, H, W) maps of a layer, or (0, 3, 1, 2) back")
+
+    def _layer_scale(self, node, x: _Activation, p: _Param) -> _Activation:
+        """``gamma * y`` with a per-channel parameter ``gamma`` and a fresh layer output ``y``: folded into the layer
+        (its weights and bias are scaled, as BatchNorm folding does; the stream no longer names them as parameters)."""
+        label, pos = self._label(node), self._position(node)
+        if x.group in (None, COMPOSITE) or x.parts or not x.fresh:
+            raise UnsupportedLayerError(label, pos, f"the parameter '{p.name}' may only scale a fresh Linear/Conv output (layer scale)")
+        g = self.b.node_groups[x.group]
+        # channels are axis 1 of (B, C, H, W) / (B, C, L) maps and the last axis of channels-last maps and vectors
+        wanted = (g.size,) + (1,) * (x.dims or 0) if x.spatial else (g.size,)
+        shape = tuple(p.value.shape)
+        if shape != wanted:
+            raise UnsupportedLayerError(label, pos, f"the parameter '{p.name}' of shape {shape} is not a per-channel scale of "
+                                        f"{g.size} channels here (that needs shape {wanted})")
+        gamma = p.value.detach().float().reshape(-1)
+        edges = [e for e in self.b.edge_groups if e.dst == x.group]
+        if any(e.kind != EdgeKind.WEIGHT for e in edges):
+            raise UnsupportedLayerError(label, pos, f"the layer scale '{p.name}' follows a residual sum; only a layer output before the sum converts")
+        for e in edges:
+            rows = gamma[e.pairs[0]] if e.pattern == Pattern.SPARSE else gamma
+            e.weight = e.weight * rows.view(-1, 1, 1)
+            e.params = ()
+        if g.slot_mask[0]:
+            g.values = g.values.clone()
+            g.values[:, 0] = g.values[:, 0] * gamma
+        g.params = tuple(r for r in g.params if r.slot != 0)
+        return x
+
+    def _linear(self, node, weight: torch.Tensor, bias, x: _Activation) -> _Activation:
+        name = node.target
         out_f, in_f = weight.shape
         w = weight.detach()
+        if x.spatial or x.pooled_keepdim:
+            raise UnsupportedLayerError("Linear", name, "a Linear on (B, C, H, W) maps acts on the last axis; flatten the maps first")
         if x.flatten_hw is not None:
             h, wd = x.flatten_hw
             c = self.b.node_groups[x.group].size
@@ -270,29 +1386,47 @@ class _Converter:
             w3 = w.reshape(out_f, c, h * wd)
             op = FlattenDense(h, wd)
             wref = ParamRef(f"{name}.weight", (out_f, in_f), flat_index((out_f, c, h * wd)))
-        else:
-            src = self._source_group(x, in_f, name)
-            if self.b.node_groups[src].size != in_f:
-                raise ShapeMismatchError(f"'{name}' expects {in_f} inputs but '{self.b.node_groups[src].name}' has {self.b.node_groups[src].size} nodes")
-            w3, op = w.unsqueeze(-1), Dense()
-            wref = ParamRef(f"{name}.weight", (out_f, in_f), flat_index((out_f, in_f, 1)))
-        return self._layer(name, src, x, out_f, bias, w3, op, wref, spatial=False)
+            return self._layer(name, src, x, out_f, bias, w3, op, wref, spatial=False)
+        shape = self.shapes.get(node.args[0].name)
+        if shape is not None and len(shape) != 2 and not x.channels_last:
+            raise UnsupportedLayerError("Linear", name, f"its input has shape {tuple(shape)}; only (B, features) inputs "
+                                        "and channels-last maps (x.permute(0, 2, 3, 1)) convert")
+        out = self._weighted(name, replace(x, normed=False), w.unsqueeze(-1), 1, Dense(), bias, (out_f, in_f), spatial=False)
+        return replace(out, channels_last=x.channels_last)
 
-    def _conv(self, name: str, m: nn.Conv2d, x: _Activation) -> _Activation:
-        if m.groups != 1:
-            raise UnsupportedLayerError("Conv2d(groups>1)", name, "grouped/depthwise convolutions are not supported")
-        if isinstance(m.padding, str) or m.padding_mode != "zeros":
-            raise UnsupportedLayerError("Conv2d(padding mode)", name, "use numeric zero padding")
-        if x.flatten_hw is not None or (x.group is not None and not x.spatial and self.shapes):
-            raise ShapeMismatchError(f"Conv2d '{name}' needs feature maps, got a vector")
-        c_out, c_in, kh, kw = m.weight.shape
-        src = self._source_group(x, c_in, name)
-        if self.b.node_groups[src].size != c_in:
-            raise ShapeMismatchError(f"'{name}' expects {c_in} channels but '{self.b.node_groups[src].name}' has {self.b.node_groups[src].size}")
-        w3 = m.weight.detach().reshape(c_out, c_in, kh * kw)
-        op = Conv((kh, kw), tuple(m.stride), tuple(m.padding), tuple(m.dilation))
-        wref = ParamRef(f"{name}.weight", (c_out, c_in, kh, kw), flat_index((c_out, c_in, kh * kw)))
-        return self._layer(name, src, x, c_out, m.bias, w3, op, wref, spatial=True)
+    def _conv(self, node, m: nn.Conv2d | nn.Conv1d, x: _Activation, dims: int) -> _Activation:
+        name, kind = node.target, type(m).__name__
+        if x.normed or x.channels_last:
+            raise UnsupportedLayerError(kind, name, "it reads channels-last maps; permute them back with x.permute(0, 3, 1, 2) first")
+        if (x.pooled_keepdim == (1,) * dims and x.flatten_hw is None and tuple(m.kernel_size) == (1,) * dims and m.groups == 1
+                and m.padding in ("valid", "same", (0,) * dims)):
+            # (B, C, 1, 1) after global pooling: a 1x1 convolution is a Linear on the channel nodes (squeeze-and-excitation)
+            w3 = m.weight.detach().reshape(m.out_channels, m.in_channels, 1)
+            out = self._weighted(name, replace(x, pooled_keepdim=()), w3, 1, Dense(), m.bias, tuple(m.weight.shape), spatial=False)
+            return replace(out, pooled_keepdim=x.pooled_keepdim)
+        if x.flatten_hw is not None or x.pooled_keepdim or (x.group is not None and not x.spatial):
+            raise ShapeMismatchError(f"{kind} '{name}' needs feature maps, got a vector")
+        shape = self.shapes.get(node.args[0].name)
+        if shape is not None and len(shape) != dims + 2:
+            layout = "(B, C, H, W)" if dims == 2 else "(B, C, L)"
+            raise UnsupportedLayerError(kind, name, f"its input has shape {tuple(shape)}; only batched {layout} inputs convert")
+        x = self._maps(x, node, dims)
+        w = m.weight if dims == 2 else m.weight.unsqueeze(-1)  # Conv1d: a (k, 1) kernel on (B, C, L, 1) maps
+        stride, dilation = (tuple(m.stride), tuple(m.dilation)) if dims == 2 else ((m.stride[0], 1), (m.dilation[0], 1))
+        c_out, c_in_g, kh, kw = w.shape
+        if m.padding == "valid":
+            padding = (0, 0)
+        elif m.padding == "same":
+            if not _same_padding_ok(m):
+                raise UnsupportedOptionError(kind, name, "padding", "same", "'same' only with an odd dilated kernel size")
+            padding = tuple(d * (k - 1) // 2 for d, k in zip(m.dilation, m.kernel_size))
+        else:
+            padding = tuple(m.padding)
+        padding = padding if dims == 2 else (padding[0], 0)
+        w3 = w.detach().reshape(c_out, c_in_g, kh * kw)
+        op = Conv((kh, kw), stride, padding, dilation)
+        out = self._weighted(name, x, w3, int(m.groups), op, m.bias, tuple(m.weight.shape), spatial=True)
+        return replace(out, dims=dims)
 
     def _layer(self, name, src, x: _Activation, n_out, bias, w3, op, wref, spatial) -> _Activation:
         step = self.b.new_step()
@@ -301,29 +1435,64 @@ class _Converter:
         self.b.add_edges(f"{name}.weight", src, dst, op, w3, src_transform=x.transforms, params=(wref,))
         return _Activation(group=dst, step=step, fresh=True, spatial=spatial)
 
-    def _add(self, node, env) -> _Activation:
-        a, b = (env.get(n.name) if isinstance(n, fx.Node) else n for n in node.args[:2])
+    def _add(self, node, a, b, alpha: float) -> _Activation:
+        """``a + alpha * b`` (alpha = -1 for a subtraction)."""
+        label, pos = self._label(node), self._position(node)
+        if isinstance(a, _Activation) and _number(b):
+            return self._then(a, T.Shift(alpha * float(b)), node)
+        if isinstance(b, _Activation) and _number(a):
+            if alpha == 1.0:
+                return self._then(b, T.Shift(float(a)), node)
+            return self._then(self._then(b, T.Scale(alpha), node), T.Shift(float(a)), node)  # c - x = (-x) + c exactly
         if not isinstance(a, _Activation) or not isinstance(b, _Activation):
-            if isinstance(a, _Activation) and isinstance(b, (int, float)):
-                return self._then(a, T.Shift(float(b)))
-            if isinstance(b, _Activation) and isinstance(a, (int, float)):
-                return self._then(b, T.Shift(float(a)))
-            raise UnsupportedLayerError("add", node.name, "only activation + activation or activation + constant")
-        dst, src = (a, b) if a.step >= b.step else (b, a)
+            raise UnsupportedLayerError(label, pos, "only activation + activation or activation + constant number")
+        if a.parts or b.parts or a.unflat is not None or b.unflat is not None:
+            raise UnsupportedLayerError(label, pos, "a residual sum of a concatenation or channel selection is not supported")
+        a_node, b_node = self.bound[node.name].operands
+        if a == b:
+            if alpha == 1.0:
+                return self._then(a, T.Scale(2.0), node)  # x + x == 2x exactly
+            raise UnsupportedLayerError(label, pos, "x + alpha*x with alpha != 1 is not supported")
+        # the later one is the layer output the sum joins; the earlier one arrives over residual edges
+        if a.step >= b.step:
+            dst, src, dst_node, scale = a, b, a_node, alpha
+        else:
+            if alpha != 1.0:
+                raise UnsupportedLayerError(label, pos, "alpha (or subtraction) must apply to the earlier activation, not the newest layer output")
+            dst, src, dst_node, scale = b, a, b_node, 1.0
         if not dst.fresh or dst.group is None:
-            raise UnsupportedLayerError(
-                "residual add", node.name, "a residual sum must join a Linear/Conv output before its activation"
-            )
-        if src.flatten_hw is not None:
-            raise UnsupportedLayerError("residual add", node.name, "cannot add a flattened map")
+            raise UnsupportedLayerError(label, pos, "a residual sum must join a Linear/Conv output before its activation")
+        if len(dst_node.users) != 1:
+            raise UnsupportedLayerError(label, pos, f"the layer output '{dst_node.name}' is also read elsewhere, without the residual")
+        if src.group is None and dst.spatial and dst.dims == 1:
+            src = self._maps(src, node, 1)  # the raw (B, C, L) input joins (B, C, L, 1) maps
+        if (src.flatten_hw is not None or src.pooled_keepdim != dst.pooled_keepdim
+                or (src.group is not None and (src.spatial != dst.spatial or src.dims != dst.dims))
+                or (src.dims is not None and dst.dims is not None and src.dims != dst.dims)):
+            raise UnsupportedLayerError(label, pos, "a residual sum needs two activations of the same layout")
+        if src.group == dst.group:
+            raise UnsupportedLayerError(label, pos, "a layer output cannot be added to a transform of itself")
         src_group = self._source_group(src, self.b.node_groups[dst.group].size, node.name)
+        if self.b.node_groups[src_group].size != self.b.node_groups[dst.group].size:
+            raise ShapeMismatchError(f"residual '{node.name}' adds {self.b.node_groups[src_group].size} nodes to {self.b.node_groups[dst.group].size}")
         span = dst.step - src.step
+        transforms = src.transforms + ((T.Scale(scale),) if scale != 1.0 else ())
+        if dst.transforms == (T.Permute((0, 3, 1, 2)),):
+            transforms += (T.Permute((0, 2, 3, 1)),)  # the group holds channels-last maps: add the residual in that layout
+        elif dst.transforms:
+            raise UnsupportedLayerError(label, pos, "a residual sum must join a Linear/Conv output before its activation")
         # The residual edges belong to the timestamp that computes dst, which may not be the newest one.
         self.b.add_edges(
             f"{node.name}.residual", src_group, dst.group, Identity(), None, kind=EdgeKind.RESIDUAL,
-            pattern=Pattern.IDENTITY, span=span, src_transform=src.transforms, step=dst.step,
+            pattern=Pattern.IDENTITY, span=span, src_transform=transforms, step=dst.step,
         )
         return dst
+
+
+def _supported_hint(kind: str) -> str:
+    table = {"modules": MODULES, "functions": FUNCTIONS, "tensor methods": METHODS}[kind]
+    names = sorted({spec.name for spec in table.values()})
+    return f"supported {kind}: " + ", ".join(names) + " (README: 'What converts')"
 
 
 def module_stream(model: nn.Module, input_shape=None, arch: str | None = None) -> EventStream:
