@@ -55,18 +55,23 @@ optionally ``--mongo mongodb://127.0.0.1:27017/dng_tgn``)::
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import os
+import pickle
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
-# Sacred 0.8.7 imports pkg_resources, which warns on every import; it is
-# Sacred's problem, not the user's, so keep it out of their output.
+# Sacred 0.8.7's sacred/dependencies.py does `import pkg_resources`, which setuptools deprecates with a
+# UserWarning on import. The fix belongs in Sacred (there is no newer release); it is not the user's to act on,
+# so it is filtered here, for this import only. experiments/__init__.py does the same for the experiments.
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     from sacred import Experiment
@@ -86,6 +91,11 @@ __all__ = [
     "ping_mongo",
     "to_python",
     "log_figure",
+    "flush_run",
+    "print_summary",
+    "link_resume",
+    "mark_stale_runs",
+    "fix_stale",
 ]
 
 ENV_MONGO_URL = "DNG_MONGO_URL"
@@ -93,9 +103,16 @@ ENV_RUNS_DIR = "DNG_RUNS_DIR"
 DEFAULT_DB_NAME = "dng_tgn"
 DEFAULT_RUNS_DIR = "runs"
 PING_TIMEOUT_S = 1.5
-# Per-operation server selection timeout for the observer's own client.
-OBSERVER_TIMEOUT_MS = 5000
+# The observer's own client: server selection and connecting give up after 2 s (pymongo's default is 30 s, and
+# Sacred retries its final save up to 10 times): a server that dies mid-run costs the run at most one such wait,
+# after which the observer stops talking to it (see _ResilientMongoObserver).
+OBSERVER_TIMEOUT_MS = 2000
+OBSERVER_SOCKET_TIMEOUT_MS = 5000
 MONGO_FAILURE_SUBDIR = "_mongo_failed"
+# A RUNNING record whose heartbeat (every 10 s while the run lives, and at every checkpoint) is older than this
+# belongs to a run that was killed; mark_stale_runs marks it INTERRUPTED. $DNG_STALE_AFTER_S overrides.
+STALE_AFTER_S = 120.0
+ENV_STALE_AFTER_S = "DNG_STALE_AFTER_S"
 
 log = logging.getLogger(__name__)
 
@@ -210,22 +227,229 @@ def mongo_observer(
         return None
     db_name = db_name or _db_name_from_url(url) or DEFAULT_DB_NAME
     log.info("logging to MongoDB %s, database %r", _redact(url), db_name)
-    return MongoObserver(
+    observer = _ResilientMongoObserver(
         url=url,
         db_name=db_name,
         failure_dir=str(failure_dir),
         serverSelectionTimeoutMS=OBSERVER_TIMEOUT_MS,
+        connectTimeoutMS=OBSERVER_TIMEOUT_MS,
+        socketTimeoutMS=OBSERVER_SOCKET_TIMEOUT_MS,
     )
+    observer.redacted_url = _redact(url)
+    try:  # runs killed earlier must not stay RUNNING for good
+        marked = mark_stale_runs(observer.runs.database)
+        if marked:
+            log.warning("marked %d stale RUNNING run(s) in %r as INTERRUPTED: %s", len(marked), db_name, marked)
+    except Exception as exc:  # never fail a run over housekeeping
+        log.warning("could not check %r for stale runs: %s", db_name, exc)
+    return observer
+
+
+def _stale_after_s(older_than_s: Optional[float]) -> float:
+    if older_than_s is not None:
+        return float(older_than_s)
+    return float(os.environ.get(ENV_STALE_AFTER_S) or STALE_AFTER_S)
+
+
+def mark_stale_runs(db, older_than_s: Optional[float] = None) -> list:
+    """Mark RUNNING runs of MongoDB database ``db`` whose last heartbeat is older than ``older_than_s`` as
+    INTERRUPTED (a killed process never says it stopped); returns their ids.
+
+    A run that never sent a heartbeat counts from its start time. Default: ``$DNG_STALE_AFTER_S``, else 120 s.
+    """
+    cutoff = datetime.datetime.utcnow() - datetime.timedelta(seconds=_stale_after_s(older_than_s))
+    now = datetime.datetime.utcnow()
+    marked = []
+    for doc in db.runs.find({"status": "RUNNING"}, {"_id": 1, "heartbeat": 1, "start_time": 1}):
+        last = doc.get("heartbeat") or doc.get("start_time")
+        if isinstance(last, datetime.datetime) and last.tzinfo is not None:
+            last = last.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        if last is None or last < cutoff:
+            db.runs.update_one({"_id": doc["_id"], "status": "RUNNING"},
+                               {"$set": {"status": "INTERRUPTED", "stop_time": last or now,
+                                         "stale": {"marked_at": now, "reason": "no heartbeat since "
+                                                   + (last.isoformat() if last else "start")}}})
+            marked.append(doc["_id"])
+    return marked
+
+
+def _mark_stale_file_runs(base: Path, older_than_s: float) -> list[str]:
+    cutoff = datetime.datetime.utcnow() - datetime.timedelta(seconds=older_than_s)
+    marked = []
+    for run_json in sorted(Path(base).glob("**/run.json")):
+        try:
+            entry = json.loads(run_json.read_text())
+        except (OSError, ValueError):
+            continue
+        if entry.get("status") != "RUNNING":
+            continue
+        last = entry.get("heartbeat") or entry.get("start_time")
+        try:
+            last_dt = datetime.datetime.fromisoformat(last) if last else None
+        except ValueError:
+            last_dt = None
+        if last_dt is None or last_dt < cutoff:
+            entry.update(status="INTERRUPTED", stop_time=last or datetime.datetime.utcnow().isoformat(),
+                         stale={"marked_at": datetime.datetime.utcnow().isoformat(),
+                                "reason": f"no heartbeat since {last or 'start'}"})
+            _atomic_json(entry, run_json)
+            marked.append(str(run_json.parent))
+    return marked
+
+
+def fix_stale(mongo_url: Optional[str] = None, runs_base: Optional[os.PathLike | str] = None,
+              older_than_s: Optional[float] = None) -> dict:
+    """Mark stale RUNNING records INTERRUPTED: in MongoDB at ``mongo_url`` and/or the file storage under
+    ``runs_base``. Returns ``{"mongo": [ids], "files": [dirs]}``. Command line: ``python -m dng_tgn.tracking
+    fix-stale --mongo URL --runs-dir runs``."""
+    older = _stale_after_s(older_than_s)
+    out = {"mongo": [], "files": []}
+    if mongo_url:
+        import pymongo
+
+        _check_url(mongo_url)
+        client = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=int(PING_TIMEOUT_S * 1000) * 2)
+        try:
+            db = client[_db_name_from_url(mongo_url) or DEFAULT_DB_NAME]
+            out["mongo"] = mark_stale_runs(db, older)
+        finally:
+            client.close()
+    if runs_base is not None:
+        out["files"] = _mark_stale_file_runs(Path(runs_base), older)
+    return out
+
+
+class _ResilientMongoObserver(MongoObserver):
+    """``MongoObserver`` that survives its server going away.
+
+    Stock Sacred keeps retrying a dead server: every heartbeat blocks for the selection timeout, and the final
+    save is tried 10 times (~60 s with a 5 s timeout) before the run may exit; the pickled failure record it then
+    writes has no metrics, which live in a separate collection. Here the first connection failure marks the
+    server dead: later calls return at once, and the final record (``<runs dir>/_mongo_failed``) holds the run
+    document *and* every metric logged (``metrics``). The file-storage record is unaffected either way.
+    """
+
+    dead: bool = False
+    redacted_url: str = ""
+
+    def _init_local(self):
+        if not hasattr(self, "local_metrics"):
+            self.local_metrics = {}
+
+    def _die(self, exc) -> None:
+        if not self.dead:
+            self.dead = True
+            reason = str(exc).split(", Timeout:")[0][:200]
+            warnings.warn(f"MongoDB {self.redacted_url} stopped answering ({type(exc).__name__}: {reason}); "
+                          f"the run goes on with file storage only", MongoUnreachableWarning, stacklevel=3)
+
+    def _guarded(self, fn, *args, **kwargs):
+        import pymongo.errors
+
+        if self.dead:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except pymongo.errors.ConnectionFailure as exc:  # AutoReconnect, ServerSelectionTimeoutError, ...
+            self._die(exc)
+            return None
+
+    def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
+        import pymongo.errors
+
+        try:
+            return super().started_event(ex_info, command, host_info, start_time, config, meta_info, _id)
+        except pymongo.errors.ConnectionFailure as exc:  # answered the ping, then went away: go on without it
+            self._die(exc)
+            return _id
+
+    def save(self):
+        import pymongo.errors
+        from sacred.observers.mongo import ObserverError
+
+        if self.dead:
+            return
+        try:
+            self.runs.update_one({"_id": self.run_entry["_id"]}, {"$set": self.run_entry})
+        except pymongo.errors.ConnectionFailure as exc:
+            self._die(exc)
+        except pymongo.errors.InvalidDocument as exc:
+            raise ObserverError("Run contained an unserializable entry (most likely in the info)") from exc
+
+    def log_metrics(self, metrics_by_name, info):
+        self._init_local()
+        for key, m in metrics_by_name.items():
+            local = self.local_metrics.setdefault(key, {"steps": [], "values": [], "timestamps": []})
+            local["steps"] += list(m["steps"])
+            local["values"] += list(m["values"])
+            local["timestamps"] += [t.isoformat() if hasattr(t, "isoformat") else t for t in m["timestamps"]]
+        self._guarded(super().log_metrics, metrics_by_name, info)
+
+    def artifact_event(self, name, filename, metadata=None, content_type=None):
+        self._guarded(super().artifact_event, name, filename, metadata, content_type)
+
+    def resource_event(self, filename):
+        self._guarded(super().resource_event, filename)
+
+    def final_save(self, attempts):
+        import pymongo.errors
+        from sacred.observers.mongo import force_bson_encodeable
+
+        if not self.dead:
+            for _ in range(2):  # one try, plus one if the document needed cleaning
+                try:
+                    self.runs.update_one({"_id": self.run_entry["_id"]}, {"$set": self.run_entry}, upsert=True)
+                    return
+                except pymongo.errors.ConnectionFailure as exc:
+                    self._die(exc)
+                    break
+                except pymongo.errors.InvalidDocument:
+                    self.run_entry = force_bson_encodeable(self.run_entry)
+        self._init_local()
+        os.makedirs(self.failure_dir, exist_ok=True)
+        record = dict(self.run_entry, metrics=self.local_metrics)
+        with tempfile.NamedTemporaryFile(suffix=".pickle", delete=False, dir=self.failure_dir,
+                                         prefix=f"sacred_mongo_fail_{self.run_entry['_id']}_") as f:
+            pickle.dump(record, f)
+        print(f"Warning: saving to MongoDB failed; the run record, with its metrics, is in {f.name}",
+              file=sys.stderr)
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
+
+def _atomic_json(obj, path: Path) -> None:
+    from sacred.serializer import flatten
+
+    data = json.dumps(flatten(obj), sort_keys=True, indent=2, ensure_ascii=False).encode("utf-8")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp's 0600 would make the run records unreadable to others
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 class _FileStorage(FileStorageObserver):
-    """``FileStorageObserver`` that never fails a run because its directory exists.
+    """``FileStorageObserver`` that never fails a run because its directory exists, and never leaves a
+    half-written JSON file.
 
     With MongoDB attached, Sacred names the run after Mongo's run id, and a
     directory of that name may already exist from earlier file-only runs;
     stock Sacred then aborts the run with ``FileExistsError``.  Here the
     directory gets a suffix instead (``7_2``); run.json still holds the id.
+    Sacred rewrites metrics.json / run.json / info.json in place; a run killed
+    mid-write would leave them truncated, so here they are replaced atomically.
     """
+
+    def save_json(self, obj, filename):
+        _atomic_json(obj, Path(self.dir) / filename)
 
     def _make_run_dir(self, _id):
         if _id is None:
@@ -324,6 +548,7 @@ class TrackedExperiment(Experiment):
             observer = mongo_observer(url, directory / MONGO_FAILURE_SUBDIR, db_name=self.db_name)
             if observer is not None:
                 run.observers.append(observer)
+        _instrument_run(run)
         return run
 
 
@@ -363,6 +588,149 @@ def make_experiment(
     )
 
 
+# --------------------------------------------------------------------------- run instrumentation
+
+
+class _SummaryLast(logging.Filter):
+    """Keeps the task's final summary the last thing a run prints (and so the end of ``cout.txt``).
+
+    Sacred logs ``Result: <the returned dict>`` and ``Completed after ...`` after the main function returns.
+    When the task handed its summary to :func:`print_summary`, the raw ``Result:`` line is dropped (the summary
+    says it readably; the dict is in run.json and MongoDB) and the summary is printed right after the
+    ``Completed after`` line.
+    """
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        summary = getattr(self.run, "dng_summary", None)
+        if summary is None:
+            return True
+        msg = str(record.msg)
+        if msg.startswith("Result: "):
+            return False
+        if msg.startswith("Completed after"):
+            sys.stdout.write(f"Completed after {record.args[0] if record.args else ''}\n{summary}\n")
+            sys.stdout.flush()
+            logging.getLogger(record.name).removeFilter(self)
+            return False
+        return True
+
+
+def _instrument_run(run) -> None:
+    """Locked heartbeats, ``run.dng_flush``, run ids in ``info``, resume links, summary-last logging."""
+    lock = threading.RLock()
+    emit = run._emit_heartbeat
+
+    def locked_heartbeat():
+        with lock:
+            emit()
+
+    def flush():
+        if run.start_time is not None and run.status == "RUNNING" and run.observers:
+            locked_heartbeat()
+
+    run._emit_heartbeat = locked_heartbeat  # the heartbeat thread and checkpoint flushes take turns
+    get_output = run._get_captured_output
+
+    def get_captured_output():
+        # Sacred drops what was printed after its last in-run read once the capture has closed (the text sits in
+        # the capture's `final` and is never read), so the end of the output, e.g. the summary, never reached
+        # cout.txt; read it here.
+        out = getattr(run, "_output_file", None)
+        if out is not None and out.closed and getattr(out, "final", None):
+            text = out.get()
+            if isinstance(text, bytes):
+                text = text.decode("utf-8", "replace")
+            text = (run.captured_out or "") + text
+            run.captured_out = run.captured_out_filter(text) if run.captured_out_filter is not None else text
+            return
+        get_output()
+
+    run._get_captured_output = get_captured_output
+    run.dng_flush = flush
+    logger = run.run_logger
+    for f in [f for f in logger.filters if isinstance(f, _SummaryLast)]:
+        logger.removeFilter(f)
+    logger.addFilter(_SummaryLast(run))
+
+    def record_ids():
+        file_dir = next((o.dir for o in run.observers if isinstance(o, FileStorageObserver)), None)
+        mongo = [o for o in run.observers if isinstance(o, MongoObserver)]
+        run.info["run"] = to_python({
+            "id": run._id, "dir": os.path.abspath(file_dir) if file_dir else None,
+            "mongo": {"db": mongo[0].runs.database.name, "id": run._id} if mongo else None})
+        resume = (run.config.get("runtime") or {}).get("resume") if isinstance(run.config, dict) else None
+        if resume:
+            link_resume(run, resume)
+        flush()
+
+    run.pre_run_hooks.append(record_ids)
+
+
+def flush_run(run) -> None:
+    """Write the metrics, info and output logged so far to ``run``'s records now (not at the next heartbeat)."""
+    flush = getattr(run, "dng_flush", None)
+    if flush is not None:
+        flush()
+
+
+def print_summary(run, text: str) -> None:
+    """Print a task's final summary so that it ends up last in the run's output (see :class:`_SummaryLast`)."""
+    if run is not None and any(isinstance(f, _SummaryLast) for f in getattr(run.run_logger, "filters", [])):
+        run.dng_summary = text
+    else:
+        print(text)
+
+
+def link_resume(run, resume: os.PathLike | str) -> Optional[dict]:
+    """Link ``run`` to the run it resumes (the run directory or checkpoint file in ``resume``).
+
+    ``run.info["resumed_from"]`` gets the predecessor's id, directory, MongoDB id and status; the predecessor's
+    records (run.json, and its MongoDB document when this run logs to the same database) get ``resumed_by``, and
+    if they still say RUNNING (it was killed) they are marked INTERRUPTED.
+    """
+    prev_dir = Path(resume)
+    if prev_dir.is_file():
+        prev_dir = prev_dir.parent
+    entry, prev_info = {}, {}
+    try:
+        entry = json.loads((prev_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        pass
+    try:
+        prev_info = json.loads((prev_dir / "info.json").read_text()).get("run") or {}
+    except (OSError, ValueError, AttributeError):
+        pass
+    file_dir = (run.info.get("run") or {}).get("dir")
+    if file_dir and os.path.abspath(file_dir) == os.path.abspath(prev_dir):
+        return None
+    link = to_python({"id": prev_info.get("id", prev_dir.name), "dir": str(prev_dir.resolve()),
+                      "status": entry.get("status"), "mongo": prev_info.get("mongo")})
+    run.info["resumed_from"] = link
+    me = {"id": run._id, "dir": file_dir}
+    if entry:
+        if entry.get("status") == "RUNNING":
+            entry.update(status="INTERRUPTED", stop_time=entry.get("heartbeat") or entry.get("start_time"))
+        entry["resumed_by"] = to_python(me)
+        try:
+            _atomic_json(entry, prev_dir / "run.json")
+        except OSError as exc:
+            log.warning("could not mark %s as resumed: %s", prev_dir, exc)
+    prev_mongo = link.get("mongo") or {}
+    for obs in run.observers:
+        if isinstance(obs, _ResilientMongoObserver) and not obs.dead and prev_mongo.get("id") is not None \
+                and prev_mongo.get("db") == obs.runs.database.name:
+            def update():
+                obs.runs.update_one({"_id": prev_mongo["id"], "status": "RUNNING"},
+                                    {"$set": {"status": "INTERRUPTED", "stop_time": datetime.datetime.utcnow()}})
+                obs.runs.update_one({"_id": prev_mongo["id"]}, {"$set": {"resumed_by": to_python(me)}})
+            obs._guarded(update)
+    return link
+
+
 # --------------------------------------------------------------------------- run helpers
 
 
@@ -386,3 +754,30 @@ def log_figure(run, fig, name: str, dpi: int = 100, close: bool = False) -> str:
         plt.close(fig)
     return name
 
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv=None) -> int:
+    """``python -m dng_tgn.tracking fix-stale [--mongo URL] [--runs-dir DIR] [--older-than S]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m dng_tgn.tracking", description="run-record housekeeping")
+    sub = p.add_subparsers(dest="command", required=True)
+    fs = sub.add_parser("fix-stale", help="mark RUNNING records without a recent heartbeat as INTERRUPTED")
+    fs.add_argument("--mongo", default=os.environ.get(ENV_MONGO_URL), help="MongoDB URL (default $DNG_MONGO_URL)")
+    fs.add_argument("--runs-dir", default=None, help="file-storage folder to scan (e.g. runs)")
+    fs.add_argument("--older-than", type=float, default=None,
+                    help=f"seconds without a heartbeat (default ${ENV_STALE_AFTER_S} or {STALE_AFTER_S:.0f})")
+    args = p.parse_args(argv)
+    if not args.mongo and not args.runs_dir:
+        p.error("give --mongo URL and/or --runs-dir DIR")
+    out = fix_stale(args.mongo, args.runs_dir, args.older_than)
+    print(f"marked INTERRUPTED: {len(out['mongo'])} MongoDB run(s) {out['mongo']}, "
+          f"{len(out['files'])} file-storage run(s) {out['files']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,14 +35,15 @@ def _check(choice: str, parse, value: Any) -> None:
 
 
 def encoder_ingredient(**defaults) -> Ingredient:
-    """``encoder``: kind, dng, ng_gnn; ``defaults`` override the documented defaults below (nested dicts merge)."""
+    """``encoder``: kind, dng, ng_gnn, mlp; ``defaults`` override the documented defaults below (nested dicts merge)."""
     ing = Ingredient("encoder")
 
     @ing.config
     def config():
-        kind = "dng"  # "dng" (DNG-Encoder, §5) or "ng_gnn" (static NG-GNN baseline, Kofinas et al. 2024)
+        kind = "dng"  # "dng" (DNG-Encoder, §5), "ng_gnn" (static NG-GNN, Kofinas et al. 2024) or "mlp" (flat weights)
         dng = dict(memory_dim=64, fourier_size=32, fourier_scale=3.0)  # DNGEncoder kwargs
         ng_gnn = dict(hidden_dim=64, num_layers=3, out_dim=64, fourier_size=32, fourier_scale=3.0)  # NGGNN kwargs
+        mlp = dict(hidden_dim=256, num_layers=3, out_dim=64, dropout=0.0)  # flat-weights MLP (Table 7's baseline)
 
     ing.add_config(defaults)
 
@@ -98,6 +99,7 @@ def runtime_ingredient(**defaults) -> Ingredient:
         num_threads = None  # torch CPU threads; None: torch's default (1 is fastest on an oversubscribed CPU)
         resume = None  # a previous run's directory (or checkpoint file) to continue from
         checkpoint_dir = None  # None: the run's file-storage directory
+        keep_checkpoints = 2  # checkpoints kept per training phase, besides the best one (>= 1)
         eval_batch_size = 128  # networks per evaluation batch
 
     ing.add_config(defaults)
@@ -107,6 +109,9 @@ def runtime_ingredient(**defaults) -> Ingredient:
         runtime = config["runtime"]
         _check("runtime.device", resolve_device, runtime["device"])
         _check("runtime.path", ExecutionPath.parse, runtime["path"])
+        if not isinstance(runtime["keep_checkpoints"], int) or runtime["keep_checkpoints"] < 1:
+            raise ConfigChoiceError(f"runtime.keep_checkpoints={runtime['keep_checkpoints']!r}: need an integer >= 1 "
+                                    f"(the latest checkpoint is what a resume needs)")
         return {}
 
     return ing

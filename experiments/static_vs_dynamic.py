@@ -14,8 +14,9 @@ Budget. Default: 200/100 MLPs x 4 inputs, d = 32, 45 epochs of Adam (lr 3e-3, co
 epochs both models are far from converged (the dynamic one's test MSE still falls 10-25x by epoch 45).
 
 Run: ``python -m experiments.static_vs_dynamic`` (default config), ``... with paper`` (1000/500 MLPs), any
-key with ``with key=value`` (``print_config`` lists them); ``--mongo mongodb://host:27017/db`` or
-``$DNG_MONGO_URL`` adds MongoDB.
+key with ``with key=value`` (``print_config`` lists them); ``runtime.resume=runs/static_vs_dynamic/<id>``
+continues an interrupted run from its per-epoch checkpoints (bit-identical to an uninterrupted run);
+``--mongo mongodb://host:27017/db`` or ``$DNG_MONGO_URL`` adds MongoDB.
 """
 from __future__ import annotations
 

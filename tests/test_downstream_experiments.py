@@ -21,7 +21,8 @@ from dng_tgn.data.siren_fit import init_sirens, to_state_dicts
 from dng_tgn.data.zoo_format import state_dict_to_row, zoo_cnn_layout
 from dng_tgn.nets import SimpleViT, ZooCNN
 from dng_tgn.nn.factory import EncoderKind, build_encoder
-from dng_tgn.training import Checkpoint, EpochSampler, kendall_tau, load_checkpoint, r2_score, save_checkpoint
+from dng_tgn.training import (Checkpoint, EpochSampler, kendall_tau, latest_checkpoint, load_checkpoint, r2_score,
+                              save_checkpoint)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -88,6 +89,11 @@ def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def ckpt_step(run_dir: Path, name: str) -> int:
+    """Step of the newest checkpoint of phase ``name`` in ``run_dir``."""
+    return load_checkpoint(latest_checkpoint(run_dir, name)).step
+
+
 TINY_DNG = dict(memory_dim=8, fourier_size=4)
 TINY_NG = dict(hidden_dim=8, num_layers=1, out_dim=8, fourier_size=4)
 TINY_ENC = dict(dng=dict(TINY_DNG, head_dim=4), ng_gnn=TINY_NG)
@@ -121,13 +127,18 @@ def test_inr2jls_end_to_end(inr_root, encoder):
     m = metrics(d)
     assert m["recon.train.loss"]["steps"] == [1, 2, 3, 4]
     assert m["recon.val.mse"]["steps"] == [2, 4] and m["cls.val.accuracy"]["steps"] == [2, 4]
-    test_mse = m["test.recon_mse"]["values"][0]
+    # single final values are the result (and info), not metrics
+    assert not any(k.startswith("test.") for k in m)
+    test_mse = r.result["test"]["recon_mse"]
     assert math.isfinite(test_mse) and test_mse > 0
-    assert 0.0 <= m["test.accuracy"]["values"][0] <= 1.0
-    assert r.result["test"]["recon_mse"] == pytest.approx(test_mse)
+    # the reported accuracy is the one of the saved per-INR predictions, against the labels the files carry
+    pred = pd.read_csv(d / "inr2jls_test_predictions.csv")
+    assert pred["label"].tolist() == [i % 3 for i in range(16, 20)]  # write_inr_set: label i % 3, test = last 4
+    assert r.result["test"]["accuracy"] == pytest.approx((pred["label"] == pred["prediction"]).mean())
     assert (d / "inr2jls_reconstructions.png").read_bytes().startswith(PNG)
-    assert load_checkpoint(d / "inr2jls_recon.pt").step == 4 and load_checkpoint(d / "inr2jls_cls.pt").step == 4
+    assert ckpt_step(d, "inr2jls_recon") == 4 and ckpt_step(d, "inr2jls_cls") == 4
     info = json.loads((d / "info.json").read_text())
+    assert info["results"]["test"]["recon_mse"] == pytest.approx(test_mse)
     assert info["encoder"] == encoder and info["sizes"] == {"train": 12, "val": 4, "test": 4, "classes": 3}
 
 
@@ -135,7 +146,7 @@ def test_inr2jls_augmentation_and_resume(inr_root):
     from experiments.inr2jls import ex
 
     _, first = run(ex, **inr_tiny(inr_root, augment=True))
-    assert load_checkpoint(first / "inr2jls_recon.pt").step == 4
+    assert ckpt_step(first, "inr2jls_recon") == 4
     r, second = run(ex, **inr_tiny(inr_root, recon_steps=6, augment=True, resume=str(first)))
     m = metrics(second)
     # the second run only takes the steps the first did not: 5 and 6
@@ -143,8 +154,11 @@ def test_inr2jls_augmentation_and_resume(inr_root):
     assert r.result["recon"]["resumed_from_step"] == 4
     # the first run's classifier used its whole budget (cls_steps=4): the resumed run has nothing left to train
     assert "cls.train.loss" not in m and r.result["cls"]["resumed_from_step"] == 4
-    assert load_checkpoint(second / "inr2jls_recon.pt").step == 6
-    assert load_checkpoint(second / "inr2jls_cls.pt").step == 4  # carried over, so `second` is resumable too
+    assert ckpt_step(second, "inr2jls_recon") == 6
+    assert ckpt_step(second, "inr2jls_cls") == 4  # carried over, so `second` is resumable too
+    info = json.loads((second / "info.json").read_text())
+    assert info["resumed_from"]["dir"] == str(first.resolve())  # the resumed run links the one it continues
+    assert json.loads((first / "run.json").read_text())["resumed_by"]["id"] == r._id
 
 
 def test_inr2jls_errors_name_the_fix(tmp_path, inr_root):
@@ -152,12 +166,12 @@ def test_inr2jls_errors_name_the_fix(tmp_path, inr_root):
 
     with pytest.raises(FileNotFoundError, match="build_inrs"):
         run(ex, data=dict(root=str(tmp_path / "nowhere")))
-    with pytest.raises(FileNotFoundError, match="inr2jls_recon.pt"):
+    with pytest.raises(FileNotFoundError, match="inr2jls_recon"):
         run(ex, **inr_tiny(inr_root, resume=str(tmp_path)))
 
 
 # ------------------------------------------------------------------------------------------------ CNN / ViT
-@pytest.mark.parametrize("encoder", ["dng", "ng_gnn"])
+@pytest.mark.parametrize("encoder", ["dng", "ng_gnn", "mlp"])
 def test_cnn_generalization_end_to_end(tmp_path, encoder):
     from experiments.cnn_generalization import ex
 
@@ -166,9 +180,15 @@ def test_cnn_generalization_end_to_end(tmp_path, encoder):
     m = metrics(d)
     assert m["cnn_generalization.train.loss"]["steps"] == [1, 2, 3, 4]
     assert m["cnn_generalization.val.kendall_tau"]["steps"] == [2, 4]
-    tau, r2 = m["test.kendall_tau"]["values"][0], m["test.r2"]["values"][0]
-    assert -1.0 <= tau <= 1.0 and r2 <= 1.0
-    assert r.result["test"]["kendall_tau"] == pytest.approx(tau)
+    tau, r2 = r.result["test"]["kendall_tau"], r.result["test"]["r2"]
+    # the reported scores are those of the saved per-network predictions, whose targets are the zoo's test accuracies
+    pred = pd.read_csv(d / "cnn_generalization_test_predictions.csv")
+    zoo_acc = pd.read_csv(root / "metrics.csv.gz")["test_accuracy"].to_numpy()
+    assert np.allclose(np.sort(pred["target"]), np.sort(zoo_acc[12:]))  # NFN's split: the second half is test
+    assert tau == pytest.approx(kendall_tau(pred["prediction"], pred["target"]))
+    assert r2 == pytest.approx(r2_score(pred["prediction"], pred["target"]))
+    assert ((pred["prediction"] > 0) & (pred["prediction"] < 1)).all()  # sigmoid of the logit
+    assert "test.kendall_tau" not in m  # a final value: result and info, not a metric
     assert (d / "cnn_generalization_scatter.png").read_bytes().startswith(PNG)
     # NFN's split of 24 final checkpoints: 12 test, 12 train+val cut 80/20
     assert json.loads((d / "info.json").read_text())["sizes"] == {"train": 9, "val": 3, "test": 12}
@@ -181,7 +201,7 @@ def test_cnn_generalization_resume(tmp_path):
     _, first = run(ex, **tiny_gen(root))
     r, second = run(ex, **tiny_gen(root, steps=6, resume=str(first)))
     assert metrics(second)["cnn_generalization.train.loss"]["steps"] == [5, 6]
-    assert r.result["resumed_from_step"] == 4 and load_checkpoint(second / "cnn_generalization.pt").step == 6
+    assert r.result["resumed_from_step"] == 4 and ckpt_step(second, "cnn_generalization") == 6
 
 
 @pytest.mark.parametrize("encoder", ["dng", "ng_gnn"])
@@ -192,7 +212,8 @@ def test_vit_generalization_end_to_end(tmp_path, encoder):
     r, d = run(ex, **tiny_gen(root, encoder))
     m = metrics(d)
     assert m["vit_generalization.train.loss"]["steps"] == [1, 2, 3, 4]
-    assert -1.0 <= m["test.kendall_tau"]["values"][0] <= 1.0
+    pred = pd.read_csv(d / "vit_generalization_test_predictions.csv")
+    assert r.result["test"]["kendall_tau"] == pytest.approx(kendall_tau(pred["prediction"], pred["target"]))
     assert (d / "vit_generalization_scatter.png").read_bytes().startswith(PNG)
     info = json.loads((d / "info.json").read_text())
     assert info["sizes"] == {"train": 16, "val": 2, "test": 2} and info["vit_kwargs"]["heads"] == 2
@@ -216,8 +237,9 @@ def test_generalization_run_reaches_mongodb(tmp_path, mongo_server):
         assert doc["status"] == "COMPLETED" and doc["config"]["encoder"]["kind"] == "dng"
         loss = db.metrics.find_one({"run_id": r._id, "name": "cnn_generalization.train.loss"})
         assert loss["steps"] == [1, 2, 3, 4]
-        tau = db.metrics.find_one({"run_id": r._id, "name": "test.kendall_tau"})
-        assert tau["values"] == pytest.approx([r.result["test"]["kendall_tau"]])
+        assert doc["result"]["test"]["kendall_tau"] == pytest.approx(r.result["test"]["kendall_tau"])
+        assert doc["info"]["params"] > 0 and doc["info"]["results"]["test"] == doc["result"]["test"]
+        assert db.metrics.find_one({"run_id": r._id, "name": "test.kendall_tau"}) is None
         (file_id,) = [a["file_id"] for a in doc["artifacts"] if a["name"] == "cnn_generalization_scatter.png"]
         assert gridfs.GridFS(db).get(file_id).read().startswith(PNG)
     finally:

@@ -39,15 +39,19 @@ def read_metrics(run_dir):
 
 def check_on_disk(run_dir):
     metrics = read_metrics(run_dir)
+    info = json.loads((run_dir / "info.json").read_text())
     for name in ("static", "dynamic"):
         assert len(metrics[f"{name}.train.loss"]["values"]) == 2  # tiny: 2 epochs
+        assert metrics[f"{name}.test.mse.layer3"]["steps"] == [1, 2]
         for layer in (1, 2, 3):
-            (v,) = metrics[f"{name}.final.test.mse.layer{layer}"]["values"]
+            v = info["results"][name]["test_mse"][str(layer)]
             assert v > 0 and v == v  # finite, positive MSE
+    # constants (model sizes) and single final values are info / result, never metrics
+    assert not [k for k in metrics if k.endswith(".params") or ".final." in k]
     assert (run_dir / PNG_NAME).read_bytes().startswith(PNG_SIGNATURE)
-    info = json.loads((run_dir / "info.json").read_text())
     assert set(info["results"]) == {"static", "dynamic"}
-    assert info["results"]["static"]["params"] > 0 and info["results"]["dynamic"]["params"] > 0
+    assert info["params"]["static"] > 0 and info["params"]["dynamic"] == info["results"]["dynamic"]["params"]
+
 
 
 def test_targets_are_the_mlp_forward_pass():
@@ -101,8 +105,8 @@ def test_run_config_metrics_and_png_reach_mongodb(mongo_server, isolated_env):
         for name in ("static", "dynamic"):
             loss = db.metrics.find_one({"run_id": run._id, "name": f"{name}.train.loss"})
             assert loss is not None and loss["steps"] == [1, 2]
-            final = db.metrics.find_one({"run_id": run._id, "name": f"{name}.final.test.mse.layer3"})
-            assert final is not None and final["values"][0] > 0
+            assert doc["result"][name]["test_mse"]["3"] > 0 and doc["info"]["params"][name] > 0
+            assert db.metrics.find_one({"run_id": run._id, "name": f"{name}.params"}) is None
         artifacts = {a["name"]: a["file_id"] for a in doc["artifacts"]}
         assert PNG_NAME in artifacts
         png = gridfs.GridFS(db).get(artifacts[PNG_NAME]).read()
@@ -117,3 +121,23 @@ def test_bad_config_values_fail_clearly():
         ActivationData(2, [2, 3], "swish", 1.0, 0.1, 1, 0)
     with pytest.raises(ValueError, match="unknown models"):
         sv.ex.run(named_configs=["tiny"], config_updates={**TINY, "models": ["static", "gat"]})
+
+
+def test_command_line_output_is_plain_lines_ending_with_the_summary(tmp_path):
+    """In a file (not a terminal): no tqdm redraws, no pkg_resources warning, the summary last in cout.txt."""
+    import os
+    import subprocess
+
+    env = {**os.environ, tracking.ENV_RUNS_DIR: str(tmp_path / "runs"), "PYTHONWARNINGS": "default"}
+    env.pop(tracking.ENV_MONGO_URL, None)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "experiments.static_vs_dynamic", "with", "tiny", "runtime.device=cpu",
+                           "runtime.num_threads=1"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pkg_resources" not in proc.stderr + proc.stdout
+    run_dir = tmp_path / "runs" / "static_vs_dynamic" / "1"
+    cout = (run_dir / "cout.txt").read_text()
+    assert "\r" not in cout and "static: 2/2 epoch (100%)" in cout
+    assert "Result: {" not in cout  # the raw result dict is in run.json; the summary says it readably
+    assert cout.rstrip().splitlines()[-1].startswith("params ")  # the summary is the last thing
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "COMPLETED"

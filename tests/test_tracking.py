@@ -68,7 +68,7 @@ def test_run_config_metrics_and_figure_reach_mongodb(mongo_server, isolated_env)
         )
     assert run.status == "COMPLETED"
     (observer,) = [o for o in run.observers if isinstance(o, MongoObserver)]
-    assert type(observer) is MongoObserver  # never the Queued variant, which can hang
+    assert type(observer) is tracking._ResilientMongoObserver  # never the Queued variant, which can hang
     assert observer.failure_dir == str(isolated_env / "tiny_mongo" / tracking.MONGO_FAILURE_SUBDIR)
 
     client = pymongo.MongoClient(mongo_server, serverSelectionTimeoutMS=2000)

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from .cnn_zoo_train import sample_configs, sort_by_activation, train_zoo
 from ..device import resolve_device
+from ..progress import progress
 from .shards import (add_run_arguments, apply_preset, open_output, CorruptShardError, atomic_write_bytes,
                      atomic_write_json, shard_ranges)
 from .sources import load_images, to_signed
@@ -148,8 +148,8 @@ def build(args) -> Path:
     todo = [k for k, p in enumerate(shard_paths) if not p.exists()][: args.max_shards]
     n_ckpt_steps = max(int(c) for c in args.checkpoints.split(",")) * args.steps_per_epoch
     t0 = time.time()
-    with tqdm(total=sum(plan[k][1] - plan[k][0] for k in todo) * n_ckpt_steps, unit="net-step", unit_scale=True,
-              desc="CNN zoo", disable=False) as bar:
+    with progress(total=sum(plan[k][1] - plan[k][0] for k in todo) * n_ckpt_steps, unit="net-step", unit_scale=True,
+                  desc="CNN zoo") as bar:
         for k in todo:
             s, e = plan[k]
             rows, metrics = _train_shard(args, configs[s:e], list(range(s, e)), data, device, bar)

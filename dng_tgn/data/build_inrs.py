@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..device import resolve_device
+from ..progress import progress
 from .shards import (add_run_arguments, open_output, CorruptShardError, atomic_torch_save, atomic_write_bytes, atomic_write_json,
                      read_json, shard_ranges)
 from .siren_fit import coord_grid, fit_sirens, images_to_targets, psnr, to_state_dicts
@@ -34,6 +34,8 @@ FULL_SIZES = {"mnist": (45000, 5000, 10000), "fashion": (55000, 5000, 10000), "c
               "cifar100": (45000, 5000, 10000), "digits": (1200, 100, 297)}
 PRESETS = {
     "cpu": dict(sizes=(600, 50, 150), aug_copies=1, steps=300, lr=1e-3, shard_size=200),
+    # the INR tables' CPU scale (issue #11): >= 5,000 training and >= 1,000 test INRs, one augmented copy each
+    "bench": dict(sizes=(5000, 500, 1000), aug_copies=1, steps=300, lr=1e-3, shard_size=200),
     "full": dict(sizes=None, aug_copies=10, steps=5000, lr=5e-5, shard_size=2048),
 }
 SETTINGS = ("dataset", "n_train", "n_val", "n_test", "aug_copies", "steps", "lr", "seed", "prefix")
@@ -48,6 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="output folder (created; rerun the same command to resume)")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
                    help="cpu: 600/50/150 images, 1 extra copy, 300 steps at lr 1e-3 (default); "
+                        "bench: 5000/500/1000 images, 1 extra copy (the INR tables' CPU scale); "
                         "full: NFN's sizes (e.g. 45k/5k/10k MNIST), 10 copies, 5000 steps at lr 5e-5 (GPU)")
     p.add_argument("--n-train", type=int, help="training images (overrides the preset)")
     p.add_argument("--n-val", type=int, help="validation images")
@@ -138,7 +141,7 @@ def build(args) -> Path:
     todo = [p for p in plan if records[p[0]] is None][: args.max_shards]
     total = sum(e - s for _, _, s, e in todo) * args.steps
     t0 = time.time()
-    with tqdm(total=total, unit="step", unit_scale=True, desc="SIREN-steps", disable=False) as bar:
+    with progress(total=total, unit="step", unit_scale=True, desc="SIREN-steps") as bar:
         for name, copy, s, e in todo:
             params, mse, _ = fit_sirens(targets[s:e].to(device), coords, args.steps, args.lr,
                                         shard_generator(args.seed, copy, s), progress=bar, compile=args.compile)

@@ -10,9 +10,9 @@ import random
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from torch.utils.data import Dataset
 
+from .input_checks import CorruptInputError, read_csv_file, read_index_file
 from .zoo_format import check_zoo_folder, layout_to_keys, read_layout, row_to_state_dict
 
 
@@ -40,27 +40,28 @@ class CNNZooDataset(Dataset):
             raise ValueError(f"split must be train/val/test/all, got {split!r}")
         try:
             self._weights = np.load(root / "weights.npy", mmap_mode="r")
-        except ValueError as e:
-            raise ValueError(f"{root / 'weights.npy'}: not a readable .npy array ({e})") from e
-        metrics = pd.read_csv(root / "metrics.csv.gz", compression="gzip")
+        except (ValueError, OSError, EOFError) as e:
+            raise CorruptInputError(f"{root / 'weights.npy'}: not a readable .npy array, truncated or damaged "
+                                    f"({e})") from e
+        if self._weights.ndim != 2 or self._weights.dtype.kind != "f":
+            raise CorruptInputError(f"{root / 'weights.npy'}: expected a 2-D float array (checkpoints, parameters), "
+                                    f"got shape {self._weights.shape} of {self._weights.dtype}")
+        metrics = read_csv_file(root / "metrics.csv.gz", ("step", "test_accuracy"), integer=("step",),
+                                numeric=("test_accuracy",), what="zoo metrics file")
         self.layout = read_layout(root / "layout.csv")
-        self.keys = layout_to_keys(self.layout)
+        self.keys = layout_to_keys(self.layout, root / "layout.csv")
         n_rows, width = self._weights.shape
         if len(metrics) != n_rows:
-            raise ValueError(f"{root}: weights.npy has {n_rows} rows but metrics.csv.gz has {len(metrics)}")
+            raise CorruptInputError(f"{root}: weights.npy has {n_rows} rows but metrics.csv.gz has {len(metrics)} "
+                                    f"(one metrics row per weights row)")
         need = max(end for _, _, end, _ in self.layout)
         if width < need:
-            raise ValueError(f"{root}: weights.npy rows hold {width} values, layout needs {need}")
-        for col in ("step", "test_accuracy"):
-            if col not in metrics.columns:
-                raise ValueError(f"{root}/metrics.csv.gz lacks column {col!r}")
+            raise CorruptInputError(f"{root / 'weights.npy'}: rows hold {width} values, layout.csv needs {need}")
 
         if split_file is None and (root / "split.csv").is_file():
             split_file = root / "split.csv"
         if split_file is not None:
-            order = pd.read_csv(split_file, header=None).values.flatten().astype(np.int64)
-            if order.min() < 0 or order.max() >= n_rows:
-                raise ValueError(f"{split_file}: indices outside 0..{n_rows - 1}")
+            order = read_index_file(split_file, n_rows)
         else:
             order = np.arange(n_rows)
         steps = metrics["step"].to_numpy()[order]
@@ -70,6 +71,9 @@ class CNNZooDataset(Dataset):
         self.dropped_nonfinite = int((~finite).sum())
         order = order[finite]
         rows = order[nfn_zoo_split(len(order))[split]]
+        if len(rows) == 0:
+            raise CorruptInputError(f"{root}: split {split!r} is empty ({len(order)} usable final checkpoints"
+                                    f"{f' listed in {split_file}' if split_file is not None else ''})")
         self.rows = rows
         self.metrics = metrics.iloc[rows].reset_index(drop=True)
         cfg_cols = [c for c in metrics.columns if c.startswith("config.")]

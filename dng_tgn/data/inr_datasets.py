@@ -7,13 +7,13 @@ split only when asked for with ``extra_aug``.
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import OrderedDict
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from .input_checks import CorruptInputError, check_linear_chain, read_json_file
 from .shards import CorruptShardError, torch_load
 from .siren_fit import DWS_KEYS, NFN_KEYS
 
@@ -29,7 +29,21 @@ def _checked_state_dict(path: Path, keys) -> OrderedDict:
     missing = [k for k in keys if k not in sd]
     if missing:
         raise KeyError(f"{path}: missing keys {missing}; found {sorted(sd)}")
+    check_linear_chain(path, [(k, sd[k]) for k in keys])
     return OrderedDict((k, sd[k]) for k in keys)
+
+
+def read_inr_meta(path: Path) -> dict:
+    """An INR folder's meta.json, with split_points and image_shape checked when present."""
+    meta = read_json_file(path, "INR set meta.json")
+    sp = meta.get("split_points")
+    if sp is not None and not (isinstance(sp, list) and len(sp) == 2 and all(isinstance(v, int) for v in sp)):
+        raise CorruptInputError(f"{path}: split_points must be [val_point, test_point] (two integers), got {sp!r}")
+    shape = meta.get("image_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3
+                                  and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise CorruptInputError(f"{path}: image_shape must be [C, H, W] (three positive integers), got {shape!r}")
+    return meta
 
 
 def _scan(root: Path, prefix: str) -> tuple[dict[int, Path], dict[int, int]]:
@@ -66,7 +80,7 @@ class NFNSirenDataset(Dataset):
         if split not in ("train", "val", "test", "all"):
             raise ValueError(f"split must be train/val/test/all, got {split!r}")
         meta_path = self.root / "meta.json"
-        self.metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        self.metadata = read_inr_meta(meta_path) if meta_path.exists() else {}
         paths, labels = _scan(self.root, prefix)
         n = len(paths)
         if n == 0:
@@ -99,7 +113,16 @@ class NFNSirenDataset(Dataset):
 
     def __getitem__(self, i):
         path, label = self.items[i]
-        return _checked_state_dict(path, NFN_KEYS), label
+        sd = _checked_state_dict(path, NFN_KEYS)
+        shapes = {k: tuple(v.shape) for k, v in sd.items()}
+        first = getattr(self, "_shapes", None)
+        if first is None:
+            self._shapes = (path, shapes)
+        elif shapes != first[1]:
+            diff = {k: (shapes[k], first[1][k]) for k in shapes if shapes[k] != first[1][k]}
+            raise CorruptInputError(f"{path}: tensor shapes {diff} (this file, {first[0].name}) differ from the "
+                                    f"set's other INRs")
+        return sd, label
 
 
 class DWSNetsSirenDataset(Dataset):
@@ -112,13 +135,12 @@ class DWSNetsSirenDataset(Dataset):
 
     def __init__(self, splits_path, split: str = "train", root=None):
         splits_path = Path(splits_path)
-        try:
-            splits = json.loads(splits_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{splits_path}: not valid JSON ({e})") from e
+        splits = read_json_file(splits_path, "DWSNets splits file")
         if split not in splits:
             raise KeyError(f"{splits_path} has splits {sorted(splits)}, not {split!r}")
         entry = splits[split]
+        if not isinstance(entry, dict) or not {"path", "label"} <= set(entry):
+            raise CorruptInputError(f"{splits_path}: split {split!r} must be an object with 'path' and 'label' lists")
         if len(entry["path"]) != len(entry["label"]):
             raise ValueError(f"{splits_path}[{split}]: {len(entry['path'])} paths but {len(entry['label'])} labels")
         self.root = Path(root) if root else splits_path.parent

@@ -6,7 +6,6 @@ weights encode, so the reconstruction target is the SIREN evaluated on NFN's coo
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -56,7 +55,9 @@ def resolve_image_shape(root: Path, image_shape) -> tuple[int, int, int]:
         shape = tuple(int(v) for v in image_shape)
     else:
         meta = root / "meta.json"
-        shape = tuple(json.loads(meta.read_text()).get("image_shape", ())) if meta.is_file() else ()
+        from .inr_datasets import read_inr_meta
+
+        shape = tuple(read_inr_meta(meta).get("image_shape") or ()) if meta.is_file() else ()
         if not shape:
             raise ValueError(f"{root} has no meta.json with image_shape; set image_shape=[C,H,W] "
                              f"(e.g. [1,28,28] for MNIST/FashionMNIST, [3,32,32] for CIFAR)")

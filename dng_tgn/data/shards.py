@@ -14,6 +14,13 @@ from pathlib import Path
 
 import torch
 
+from ..faults import kill_point
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 class CorruptShardError(RuntimeError):
     """A shard file exists but cannot be read; the message names it and says how to recover."""
@@ -28,11 +35,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; give the file the usual permissions
+        kill_point(f"write/{path.name}")  # fault-injection tests: killed with the file written but not committed
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    kill_point(f"wrote/{path.name}")
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
@@ -91,6 +101,8 @@ def open_output(args, settings: dict) -> Path:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob(".*.tmp"), *out.glob("_shards/.*.tmp")]:  # left by a run killed mid-write
+        stale.unlink()
     meta_path = out / "meta.json"
     if meta_path.exists():
         old = read_json(meta_path, "meta.json")

@@ -5,9 +5,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..graph.batch import StreamBatch, batch_state_dicts
+from ..progress import progress
 
 __all__ = ["StateDictSet"]
 
@@ -45,13 +45,17 @@ class StateDictSet:
         rows: dict[str, list[torch.Tensor]] = {}
         targets = []
         keys = None
-        for sd, target in tqdm(items, total=n, desc=desc, leave=False, mininterval=2.0):
+        for i, (sd, target) in enumerate(progress(items, total=n, desc=desc, every_percent=100, unit="nets")):
             if keys is None:
                 keys = list(sd)
             elif list(sd) != keys:
                 raise ValueError(f"{desc}: networks have different layouts ({keys[:3]}... vs {list(sd)[:3]}...)")
             for k in keys:
-                rows.setdefault(k, []).append(torch.as_tensor(sd[k]).float())
+                t = torch.as_tensor(sd[k]).float()
+                if i and t.shape != rows[k][0].shape:
+                    raise ValueError(f"{desc}: network {i} has {k} of shape {tuple(t.shape)}, network 0 has "
+                                     f"{tuple(rows[k][0].shape)}")
+                rows.setdefault(k, []).append(t)
             targets.append(target)
         params = {k: torch.stack(v) for k, v in rows.items()}
         return cls(params, torch.as_tensor(np.asarray(targets)), convert_kwargs)

@@ -64,40 +64,71 @@ def state_dict_to_row(sd: dict, layout: pd.DataFrame, keys: list[str]) -> np.nda
 
 
 def read_layout(path: str | os.PathLike) -> list[tuple[str, int, int, tuple[int, ...]]]:
-    """Validated (varname, start, end, shape) rows."""
-    df = pd.read_csv(path)
-    missing = {"varname", "start_idx", "end_idx", "shape"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: layout lacks columns {sorted(missing)}")
-    out = []
-    for _, r in df.iterrows():
+    """Validated (varname, start, end, shape) rows: a header with the layout columns, parsable shapes, and
+    variables that tile the weights row from 0 without gaps (a gap is a missing row, named with its line)."""
+    from .input_checks import CorruptInputError, read_csv_file
+
+    df = read_csv_file(path, ("varname", "start_idx", "end_idx", "shape"), integer=("start_idx", "end_idx"),
+                       what="layout file")
+    out, expected_start = [], 0
+    for i, r in df.iterrows():
+        line = i + 2
         try:
             shape = tuple(int(v) for v in ast.literal_eval(str(r["shape"])))
-        except (ValueError, SyntaxError, TypeError) as e:
-            raise ValueError(f"{path}: bad shape {r['shape']!r} for {r['varname']}") from e
+        except (ValueError, SyntaxError, TypeError):
+            raise CorruptInputError(f"{path}, line {line}: bad shape {r['shape']!r} for {r['varname']}") from None
         start, end = int(r["start_idx"]), int(r["end_idx"])
         if end - start != int(np.prod(shape)):
-            raise ValueError(f"{path}: {r['varname']} spans {end - start} values but shape {shape} needs "
-                             f"{int(np.prod(shape))}")
+            raise CorruptInputError(f"{path}, line {line}: {r['varname']} spans {end - start} values but shape "
+                                    f"{shape} needs {int(np.prod(shape))}")
+        if start != expected_start:
+            raise CorruptInputError(
+                f"{path}, line {line}: {r['varname']} starts at {start}, but the variables before it end at "
+                f"{expected_start}: " + ("a row is missing before this line" if start > expected_start
+                                         else "it overlaps the previous row"))
+        expected_start = end
         out.append((str(r["varname"]), start, end, shape))
     return out
 
 
-def layout_to_keys(layout) -> list[str]:
-    """Map Keras variable names to ZooCNN keys: conv scopes -> convs.{i}, the single dense scope -> head."""
+def layout_to_keys(layout, path="layout.csv") -> list[str]:
+    """Map Keras variable names to ZooCNN keys: conv scopes -> convs.{i}, the single dense scope -> head.
+
+    Every scope needs a kernel and a bias row whose shapes fit each other and the layer before (a missing row
+    fails here, naming it, not later when a network is built)."""
+    from .input_checks import CorruptInputError
+
     scopes = []
+    leaves: dict[str, dict[str, tuple]] = {}
     for name, _, _, shape in layout:
         scope, leaf = name.rsplit("/", 1) if "/" in name else ("", name)
         if leaf not in ("kernel:0", "bias:0"):
-            raise ValueError(f"layout variable {name!r} is neither a kernel nor a bias")
+            raise CorruptInputError(f"{path}: layout variable {name!r} is neither a kernel nor a bias")
+        leaves.setdefault(scope, {})[leaf] = shape
         if scope not in [s for s, _ in scopes]:
             scopes.append((scope, None))
         if leaf == "kernel:0":
             scopes[[s for s, _ in scopes].index(scope)] = (scope, len(shape))
+    prev_out = None
+    for scope, _ in scopes:
+        have = leaves[scope]
+        for leaf in ("kernel:0", "bias:0"):
+            if leaf not in have:
+                raise CorruptInputError(f"{path}: {scope!r} has no {leaf} row (a missing row); found "
+                                        f"{sorted(have)}")
+        kernel, bias = have["kernel:0"], have["bias:0"]
+        if len(kernel) not in (2, 4) or bias != (kernel[-1],):
+            raise CorruptInputError(f"{path}: {scope}/bias:0 has shape {bias}, expected ({kernel[-1]},) for kernel "
+                                    f"{kernel}")
+        if prev_out is not None and kernel[-2] != prev_out:
+            raise CorruptInputError(f"{path}: {scope}/kernel:0 {kernel} takes {kernel[-2]} inputs, but the layer "
+                                    f"before has {prev_out} outputs (a missing or reordered row?)")
+        prev_out = kernel[-1]
     convs = [s for s, nd in scopes if nd == 4]
     dense = [s for s, nd in scopes if nd == 2]
     if len(dense) != 1 or len(convs) + 1 != len(scopes):
-        raise ValueError(f"layout is not conv layers + one dense head: scopes {[s for s, _ in scopes]}")
+        raise CorruptInputError(f"{path}: layout is not conv layers + one dense head: scopes "
+                                f"{[s for s, _ in scopes]}")
     names = {s: f"convs.{i}" for i, s in enumerate(convs)}
     names[dense[0]] = "head"
     keys = []

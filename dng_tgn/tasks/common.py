@@ -9,7 +9,7 @@ from torch import nn
 
 from ..training import run_dir
 
-__all__ = ["require_data_root", "open_split", "set_threads", "count_params", "checkpoint_dir"]
+__all__ = ["require_data_root", "open_split", "set_threads", "count_params", "checkpoint_dir", "save_predictions"]
 
 
 def require_data_root(data_root: str | None, what: str, build_command: str) -> Path:
@@ -49,3 +49,18 @@ def checkpoint_dir(run, configured: str | None) -> Path | None:
     if configured:
         return Path(configured)
     return run_dir(run)
+
+
+def save_predictions(run, name: str, **columns) -> None:
+    """Per-network test predictions as a CSV artifact ``name`` (paired comparisons between methods need them)."""
+    if run is None:
+        return
+    import tempfile
+
+    import numpy as np
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory(prefix="dng_pred_") as tmp:
+        path = Path(tmp) / name
+        pd.DataFrame({k: np.asarray(v) for k, v in columns.items()}).to_csv(path, index_label="index")
+        run.add_artifact(str(path), name=name)

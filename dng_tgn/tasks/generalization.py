@@ -20,10 +20,9 @@ from ..device import resolve_device
 from ..nn.factory import EncoderKind, build_encoder, fit_degree_scaler, sized_encoder_kwargs
 from ..nn.generalization import GeneralizationPredictor
 from ..nn.paths import ExecutionPath
-from ..tracking import log_figure
-from ..training import (EpochSampler, kendall_tau, log_metrics, r2_score, resolve_resume, seed_everything,
-                        train_loop)
-from .common import checkpoint_dir, count_params, open_split, set_threads
+from ..tracking import log_figure, print_summary
+from ..training import EpochSampler, kendall_tau, r2_score, resolve_resume, seed_everything, train_loop
+from .common import checkpoint_dir, count_params, open_split, save_predictions, set_threads
 
 __all__ = ["GeneralizationData", "load_cnn_zoo", "load_vit_zoo", "predict", "scatter_figure", "run_generalization"]
 
@@ -112,7 +111,8 @@ def run_generalization(*, run, name: str, data: GeneralizationData, seed: int, e
     ``encoder`` (kind, dng, ng_gnn), ``optim`` (lr, weight_decay, batch_size, epochs or steps, eval_every,
     patience, grad_clip, log_every), ``head`` (hidden, layers, dropout) and ``runtime`` (device, path,
     num_threads, resume, checkpoint_dir, eval_batch_size) are the experiments' ingredient configs.
-    Checkpoints: ``<run dir>/{name}.pt``; ``runtime.resume=<dir or file>`` continues from one.
+    Checkpoints: ``<run dir>/{name}.step<N>.pt`` (the last ``runtime.keep_checkpoints`` and the best);
+    ``runtime.resume=<run dir or checkpoint file>`` continues exactly where it stopped.
     """
     t0 = time.perf_counter()
     dev = resolve_device(runtime["device"])
@@ -121,8 +121,10 @@ def run_generalization(*, run, name: str, data: GeneralizationData, seed: int, e
     path = ExecutionPath.parse(runtime["path"])
     seed_everything(seed)
     train, val, test = data.train, data.val, data.test
-    dng, ng_gnn = sized_encoder_kwargs(encoder["dng"], encoder["ng_gnn"], train.batch([0])[0])
+    probe = train.batch([0])[0]
+    dng, ng_gnn = sized_encoder_kwargs(encoder["dng"], encoder["ng_gnn"], probe)
     enc = build_encoder(kind, num_outputs=data.num_outputs, num_slots=data.num_slots, dng=dng, ng_gnn=ng_gnn,
+                        mlp=encoder.get("mlp"), probe=probe,
                         path=path)
     fit_degree_scaler(enc, (train.batch(idx)[0] for idx in train.chunks(optim["batch_size"])[:4]))  # lazy: only NG-GNN reads it
     model = GeneralizationPredictor(enc, head["hidden"], head["layers"], head["dropout"]).to(dev)
@@ -148,12 +150,12 @@ def run_generalization(*, run, name: str, data: GeneralizationData, seed: int, e
         name=name, model=model, optimizer=opt, sampler=sampler, train_step=step,
         evaluate=lambda: _scores(predict(model, val, eval_bs, dev), val.targets.numpy()),
         monitor="kendall_tau", higher_is_better=True, total_steps=total, eval_every=eval_every,
-        patience=optim["patience"], checkpoint_path=ckdir / f"{name}.pt" if ckdir else None,
-        resume_path=resolve_resume(runtime["resume"], f"{name}.pt"), grad_clip=optim["grad_clip"], run=run,
-        log_every=optim["log_every"])
+        patience=optim["patience"], checkpoint_dir=ckdir, resume_path=resolve_resume(runtime["resume"], name),
+        grad_clip=optim["grad_clip"], run=run, log_every=optim["log_every"],
+        keep_checkpoints=runtime.get("keep_checkpoints", 2))
     pred, y = predict(model, test, eval_bs, dev), test.targets.numpy()
-    final = _scores(pred, y)
-    log_metrics(run, final, result.steps, prefix="test.")
+    final = _scores(pred, y)  # single values: the run's result and info, not metrics
+    save_predictions(run, f"{name}_test_predictions.csv", target=y, prediction=pred)
     if run is not None:
         log_figure(run, scatter_figure(pred, y, f"{name} ({kind.value}), test set"), f"{name}_scatter.png", close=True)
     summary = {"test": final, "steps": result.steps, "best_step": result.best_step,
@@ -161,7 +163,7 @@ def run_generalization(*, run, name: str, data: GeneralizationData, seed: int, e
                "resumed_from_step": result.resumed_from, "params": info["params"],
                "seconds": time.perf_counter() - t0}
     info["results"] = summary
-    print(f"{name} [{kind.value}] test: τ={final['kendall_tau']:.4f}  R²={final['r2']:.4f}  "
+    print_summary(run, f"{name} [{kind.value}] test: τ={final['kendall_tau']:.4f}  R²={final['r2']:.4f}  "
           f"(best val τ {result.best_metric if result.best_metric is not None else math.nan:.4f} at step "
           f"{result.best_step}, {result.steps} steps, {summary['seconds']:.0f}s)")
     return summary

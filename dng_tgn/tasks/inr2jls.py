@@ -8,7 +8,6 @@ MLP) learns labels from F (F_aug), cross-entropy, early stopping on validation a
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -20,9 +19,9 @@ from ..device import resolve_device
 from ..nn.factory import EncoderKind, build_encoder, fit_degree_scaler, sized_encoder_kwargs
 from ..nn.inr2jls import AUGMENTATION_VIEWS, INR2JLS, FeatureMapClassifier, augment_views
 from ..nn.paths import ExecutionPath
-from ..tracking import log_figure
-from ..training import EpochSampler, log_metrics, resolve_resume, seed_everything, train_loop
-from .common import checkpoint_dir, count_params, open_split, require_data_root, set_threads
+from ..tracking import log_figure, print_summary
+from ..training import EpochSampler, resolve_resume, seed_everything, train_loop
+from .common import checkpoint_dir, count_params, open_split, require_data_root, save_predictions, set_threads
 
 __all__ = ["load_inr_splits", "recon_mse", "compute_features", "reconstruction_figure", "run_inr2jls"]
 
@@ -115,7 +114,7 @@ def run_inr2jls(*, run, seed: int, data: Mapping, encoder: Mapping, model: Mappi
     path = ExecutionPath.parse(runtime["path"])
     dev = resolve_device(runtime["device"])
     set_threads(runtime["num_threads"])
-    eval_bs, resume = runtime["eval_batch_size"], runtime["resume"]
+    eval_bs, resume, keep = runtime["eval_batch_size"], runtime["resume"], runtime.get("keep_checkpoints", 2)
     train, val, test, shape = load_inr_splits(data)
     num_classes = int(max(int(d.labels.max()) for d in (train, val, test))) + 1
     info = run.info if run is not None else {}
@@ -125,8 +124,10 @@ def run_inr2jls(*, run, seed: int, data: Mapping, encoder: Mapping, model: Mappi
 
     # ---------------------------------------------------------------- phase 1: reconstruction (Eq. 7-9)
     seed_everything(seed)
-    dng_kw, ng_kw = sized_encoder_kwargs(encoder["dng"], encoder["ng_gnn"], train.weights.batch([0])[0])
-    enc = build_encoder(kind, num_outputs=shape[0], num_slots=1, dng=dng_kw, ng_gnn=ng_kw, path=path)
+    probe = train.weights.batch([0])[0]
+    dng_kw, ng_kw = sized_encoder_kwargs(encoder["dng"], encoder["ng_gnn"], probe)
+    enc = build_encoder(kind, num_outputs=shape[0], num_slots=1, dng=dng_kw, ng_gnn=ng_kw, path=path,
+                        mlp=encoder.get("mlp"), probe=probe)
     fit_degree_scaler(enc, (train.weights.batch(idx)[0] for idx in train.weights.chunks(recon["batch_size"])[:4]))
     net = INR2JLS(enc, shape, spatial_dim=model["spatial_dim"], latent_dim=model["latent_dim"],
                   generator_hidden=model["generator_hidden"], decoder_channels=model["decoder_channels"],
@@ -143,11 +144,10 @@ def run_inr2jls(*, run, seed: int, data: Mapping, encoder: Mapping, model: Mappi
         name="recon", model=net, optimizer=opt, sampler=EpochSampler(len(train), recon["batch_size"], seed),
         train_step=recon_step, evaluate=lambda: {"mse": recon_mse(net, val, eval_bs, dev)},
         monitor="mse", higher_is_better=False, total_steps=recon["steps"], eval_every=recon["eval_every"],
-        patience=recon["patience"], checkpoint_path=ckdir / "inr2jls_recon.pt" if ckdir else None,
-        resume_path=resolve_resume(resume, "inr2jls_recon.pt"), grad_clip=recon["grad_clip"], run=run,
-        log_every=recon["log_every"])
-    test_mse = recon_mse(net, test, eval_bs, dev)
-    log_metrics(run, {"recon_mse": test_mse}, recon_result.steps, prefix="test.")
+        patience=recon["patience"], checkpoint_dir=ckdir, checkpoint_name="inr2jls_recon",
+        resume_path=resolve_resume(resume, "inr2jls_recon"), grad_clip=recon["grad_clip"], run=run,
+        log_every=recon["log_every"], keep_checkpoints=keep)
+    test_mse = recon_mse(net, test, eval_bs, dev)  # a single value: result and info, not a metric
     if run is not None:
         log_figure(run, reconstruction_figure(net, test, num_figure_images, dev), "inr2jls_reconstructions.png",
                    close=True)
@@ -173,27 +173,26 @@ def run_inr2jls(*, run, seed: int, data: Mapping, encoder: Mapping, model: Mappi
                 return net.features(data.weights.batch(idx)[0].to(dev))[1]
 
     @torch.no_grad()
+    def cls_predictions(name, data):
+        return torch.cat([clf(features_of(name, data, idx)).argmax(-1).cpu() for idx in data.weights.chunks(eval_bs)])
+
     def cls_accuracy(name, data):
-        correct = 0
-        for idx in data.weights.chunks(eval_bs):
-            correct += int((clf(features_of(name, data, idx)).argmax(-1).cpu() == data.labels[idx]).sum())
-        return correct / len(data)
+        return float((cls_predictions(name, data) == data.labels).sum()) / len(data)
 
     ce = nn.CrossEntropyLoss()
     copt = torch.optim.AdamW(clf.parameters(), lr=cls["lr"], weight_decay=cls["weight_decay"])
-    cls_resume = None
-    if resume:  # a run that stopped during phase 1 has no classifier checkpoint yet: start phase 2 fresh
-        candidate = Path(resume) / "inr2jls_cls.pt" if Path(resume).is_dir() else None
-        cls_resume = candidate if candidate is not None and candidate.is_file() else None
+    # a run that stopped during phase 1 has no classifier checkpoint yet: phase 2 then starts fresh
+    cls_resume = resolve_resume(resume, "inr2jls_cls", required=False)
     cls_result = train_loop(
         name="cls", model=clf, optimizer=copt, sampler=EpochSampler(len(train), cls["batch_size"], seed + 1),
         train_step=lambda idx: ce(clf(features_of("train", train, idx)), train.labels[idx].to(dev)),
         evaluate=lambda: {"accuracy": cls_accuracy("val", val)}, monitor="accuracy", higher_is_better=True,
         total_steps=cls["steps"], eval_every=cls["eval_every"], patience=cls["patience"],
-        checkpoint_path=ckdir / "inr2jls_cls.pt" if ckdir else None, resume_path=cls_resume,
-        grad_clip=cls["grad_clip"], run=run, log_every=cls["log_every"])
-    test_acc = cls_accuracy("test", test)
-    log_metrics(run, {"accuracy": test_acc}, cls_result.steps, prefix="test.")
+        checkpoint_dir=ckdir, checkpoint_name="inr2jls_cls", resume_path=cls_resume,
+        grad_clip=cls["grad_clip"], run=run, log_every=cls["log_every"], keep_checkpoints=keep)
+    test_pred = cls_predictions("test", test)
+    test_acc = float((test_pred == test.labels).sum()) / len(test)
+    save_predictions(run, "inr2jls_test_predictions.csv", label=test.labels.numpy(), prediction=test_pred.numpy())
 
     summary = {
         "test": {"recon_mse": test_mse, "accuracy": test_acc},
@@ -208,7 +207,7 @@ def run_inr2jls(*, run, seed: int, data: Mapping, encoder: Mapping, model: Mappi
         "seconds": time.perf_counter() - t0,
     }
     info["results"] = summary
-    print(f"INR2JLS [{kind.value}] test reconstruction MSE {test_mse:.4f} (mean training image: "
+    print_summary(run, f"INR2JLS [{kind.value}] test reconstruction MSE {test_mse:.4f} (mean training image: "
           f"{summary['mean_image_mse']:.4f}), test accuracy {test_acc:.4f} (majority class "
           f"{summary['chance_accuracy']:.3f}); {summary['seconds']:.0f}s")
     return summary

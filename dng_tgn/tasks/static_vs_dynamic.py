@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..baselines import DynamicMPNN, StaticMPNN, node_layer_index
 from ..baselines.static_vs_dynamic import ActivationFitter
@@ -24,8 +24,11 @@ from ..data.activations import ActivationData
 from ..graph.events import NodeKind
 from ..device import resolve_device
 from ..nn.paths import ExecutionPath
-from ..tracking import log_figure
-from .common import set_threads
+from ..faults import kill_point
+from ..progress import progress
+from ..tracking import log_figure, print_summary
+from ..training import Checkpoint, CheckpointError, CheckpointStore, flush_run, resolve_resume, restore, rng_state
+from .common import checkpoint_dir, set_threads
 
 __all__ = ["MODEL_CLASSES", "evaluate", "train_model", "figure", "run_static_vs_dynamic"]
 
@@ -55,17 +58,35 @@ def evaluate(model: ActivationFitter, data: ActivationData, batch_size: int, dev
 
 def train_model(name: str, model: ActivationFitter, train: ActivationData, test: ActivationData, *, epochs: int,
                 batch_size: int, lr: float, weight_decay: float, grad_clip: float, eval_every: int, device,
-                seed: int, run=None) -> dict:
-    """Adam + cosine decay on the node MSE. Both models get the same seed, so they see the same batches."""
+                seed: int, run=None, checkpoint_dir: Path | None = None, resume_path: Path | None = None,
+                keep_checkpoints: int = 2) -> dict:
+    """Adam + cosine decay on the node MSE. Both models get the same seed, so they see the same batches.
+
+    A checkpoint ``{name}.step<epoch>.pt`` (model, optimizer, scheduler, the batch-order generator, RNG states,
+    test history) goes to ``checkpoint_dir`` after every epoch, the run's metrics are flushed with it, and
+    ``resume_path`` continues from one: bit-identical to the uninterrupted run.
+    """
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(train.n / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
     g = torch.Generator().manual_seed(seed)
     history = []
+    store = CheckpointStore(checkpoint_dir, name, keep_checkpoints)
+    sampler = {"kind": "epoch_randperm", "n": train.n, "batch_size": batch_size, "seed": seed}
+    start_epoch, seconds_before, train_loss = 0, 0.0, math.nan
+    if resume_path is not None:
+        ck, _ = restore(resume_path, store, model=model, optimizer=opt, scheduler=sched)
+        saved = dict(ck.sampler or {})
+        generator_state = saved.pop("generator", None)
+        if saved != sampler or generator_state is None:
+            raise CheckpointError(f"{resume_path} was written for other data or batches ({saved}, this run "
+                                  f"{sampler}); resuming it would not continue the same training")
+        g.set_state(generator_state)
+        start_epoch, history = ck.step, list(ck.extra["history"])
+        seconds_before, train_loss = float(ck.extra.get("train_seconds", 0.0)), ck.extra.get("train_loss", math.nan)
     start = time.perf_counter()
-    # disable=None: no bar when stderr is not a terminal (log files, CI), where redraws are only noise
-    bar = tqdm(range(1, epochs + 1), desc=f"{name:>7}", leave=False, mininterval=1.0, disable=None)
+    bar = progress(range(start_epoch + 1, epochs + 1), desc=name, total=epochs, initial=start_epoch, unit="epoch")
     for epoch in bar:
         total, count = 0.0, 0
         for ids in _chunks(torch.randperm(train.n, generator=g), batch_size):
@@ -91,7 +112,16 @@ def train_model(name: str, model: ActivationFitter, train: ActivationData, test:
             if run is not None:
                 for l, v in per_layer.items():
                     run.log_scalar(f"{name}.test.mse.layer{l}", v, epoch)
-    seconds = time.perf_counter() - start
+        kill_point(f"{name}/epoch/{epoch}")
+        store.save(Checkpoint(
+            step=epoch, model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+            sampler=dict(sampler, generator=g.get_state()), rng=rng_state(), finished=epoch == epochs, name=name,
+            extra={"history": history, "train_loss": train_loss,
+                   "train_seconds": seconds_before + time.perf_counter() - start}))
+        flush_run(run)
+        kill_point(f"{name}/saved/{epoch}")
+    bar.close()
+    seconds = seconds_before + time.perf_counter() - start
     return {"test_mse": history[-1]["test_mse"], "train_loss": history[-1]["train_loss"], "history": history,
             "train_seconds": seconds, "params": sum(p.numel() for p in model.parameters())}
 
@@ -141,7 +171,8 @@ def run_static_vs_dynamic(*, run, seed: int, data: Mapping, model: Mapping, mode
     ``data``: :class:`ActivationData`'s arguments (n_train, n_test, widths, activation, weight_gain, bias_std,
     inputs_per_mlp); ``model``: hidden_dim, fourier_size, fourier_scale, share_weights, static_layers (None:
     the MLP depth), edge_updates, bidirectional; ``models``: which of ``MODEL_CLASSES`` to train; ``optim``:
-    epochs, batch_size, lr, weight_decay, grad_clip, eval_every (epochs); ``runtime``: device, path, num_threads.
+    epochs, batch_size, lr, weight_decay, grad_clip, eval_every (epochs); ``runtime``: device, path, num_threads,
+    resume (a run directory to continue), checkpoint_dir, keep_checkpoints.
     """
     unknown = [m for m in models if m not in MODEL_CLASSES]
     if unknown:
@@ -162,8 +193,13 @@ def run_static_vs_dynamic(*, run, seed: int, data: Mapping, model: Mapping, mode
     depth = len(widths) - 1
     common = dict(hidden_dim=model["hidden_dim"], share_weights=model["share_weights"],
                   fourier_size=model["fourier_size"], fourier_scale=model["fourier_scale"], path=path)
+    info["params"] = {}
+    ckdir = checkpoint_dir(run, runtime.get("checkpoint_dir"))
+    resume = runtime.get("resume")
     results = {}
-    for name in models:
+    for k, name in enumerate(models):
+        # the first model's checkpoint must be there; a later one may not have been reached by the killed run
+        resume_path = resolve_resume(resume, name, required=k == 0)
         torch.manual_seed(seed + 3)  # same initialisation stream for both models
         if MODEL_CLASSES[name] is StaticMPNN:
             net = StaticMPNN(num_layers=model["static_layers"] or depth, edge_updates=model["edge_updates"],
@@ -172,11 +208,10 @@ def run_static_vs_dynamic(*, run, seed: int, data: Mapping, model: Mapping, mode
             net = DynamicMPNN(num_layers=depth, **common)
         results[name] = train_model(name, net, train, test, epochs=optim["epochs"], batch_size=optim["batch_size"],
                                     lr=optim["lr"], weight_decay=optim["weight_decay"], grad_clip=optim["grad_clip"],
-                                    eval_every=optim["eval_every"], device=dev, seed=seed + 4, run=run)
-        if run is not None:
-            run.log_scalar(f"{name}.params", results[name]["params"])
-            for l, v in results[name]["test_mse"].items():
-                run.log_scalar(f"{name}.final.test.mse.layer{l}", v)
+                                    eval_every=optim["eval_every"], device=dev, seed=seed + 4, run=run,
+                                    checkpoint_dir=ckdir, resume_path=resume_path,
+                                    keep_checkpoints=runtime.get("keep_checkpoints", 2))
+        info["params"][name] = results[name]["params"]  # a constant of the model: info, not a metric
     summary = {name: {"test_mse": {str(l): v for l, v in r["test_mse"].items()},
                       "relative_mse": {str(l): v / target_var[l] for l, v in r["test_mse"].items()},
                       "params": r["params"], "train_seconds": r["train_seconds"], "final_train_loss": r["train_loss"]}
@@ -191,5 +226,5 @@ def run_static_vs_dynamic(*, run, seed: int, data: Mapping, model: Mapping, mode
         for l in range(1, depth + 1)
     ]
     lines.append("params " + "  ".join(f"{results[n]['params']:>12d}" for n in results))
-    print("\n" + "\n".join(lines))
+    print_summary(run, "\n" + "\n".join(lines))
     return summary

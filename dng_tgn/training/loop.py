@@ -1,4 +1,4 @@
-"""The generic training loop: steps, periodic validation, early stopping, atomic checkpoints, resume."""
+"""The generic training loop: steps, periodic validation, early stopping, exact checkpoints and resume."""
 from __future__ import annotations
 
 import copy
@@ -9,12 +9,14 @@ from typing import Callable, Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..faults import kill_point
+from ..progress import progress
+from .checkpoint import (Checkpoint, CheckpointError, CheckpointStore, best_checkpoint_path, load_checkpoint,
+                         rng_state, set_rng_state)
 from .sampling import EpochSampler
 
-__all__ = ["LoopResult", "train_loop", "log_metrics"]
+__all__ = ["LoopResult", "train_loop", "log_metrics", "restore", "flush_run"]
 
 
 def log_metrics(run, metrics: Mapping[str, float], step: int | None = None, prefix: str = "") -> None:
@@ -34,12 +36,60 @@ class LoopResult:
     resumed_from: int  # 0 for a fresh run
 
 
+def flush_run(run) -> None:
+    """Write the metrics and info logged so far to ``run``'s record now (not at the next heartbeat).
+
+    :class:`dng_tgn.tracking.TrackedExperiment` runs carry the flush as ``run.dng_flush``; other runs (plain
+    Sacred, ``None``) have nothing to flush.
+    """
+    flush = getattr(run, "dng_flush", None)
+    if flush is not None:
+        flush()
+
+
 def _is_better(value: float, best: float | None, higher_is_better: bool) -> bool:
     if not math.isfinite(value):
         return False
     if best is None:
         return True
     return value > best if higher_is_better else value < best
+
+
+def restore(resume_path: Path, store: CheckpointStore | None, *, model: nn.Module, optimizer=None, scheduler=None,
+            scaler=None, sampler_state: dict | None = None) -> tuple[Checkpoint, dict | None]:
+    """Load ``resume_path`` into the given objects (and the global RNGs); returns it and its best weights.
+
+    The checkpoint (and its best one) are copied into ``store`` so the new run's folder can be resumed as well.
+    """
+    ck = load_checkpoint(resume_path)
+    if sampler_state is not None and ck.sampler is not None and ck.sampler != sampler_state:
+        raise CheckpointError(f"{resume_path} was written for another data set or batch size (sampler {ck.sampler}, "
+                              f"this run {sampler_state}); resuming it would not continue the same training")
+    try:
+        model.load_state_dict(ck.model)
+    except RuntimeError as e:
+        raise CheckpointError(f"{resume_path} does not fit this model (another config?): {e}") from e
+    if optimizer is not None:
+        optimizer.load_state_dict(ck.optimizer)
+    if scheduler is not None:
+        if ck.scheduler is None:
+            raise CheckpointError(f"{resume_path} holds no LR scheduler state, but this run uses a scheduler")
+        scheduler.load_state_dict(ck.scheduler)
+    if scaler is not None and ck.scaler is not None:
+        scaler.load_state_dict(ck.scaler)
+    set_rng_state(ck.rng)
+    best_state = None
+    best_path = best_checkpoint_path(Path(resume_path), ck)
+    if best_path is not None:
+        if not best_path.is_file():
+            raise CheckpointError(f"{resume_path} says the best weights are at step {ck.best_step}, but {best_path} "
+                                  f"is missing")
+        best_state = ck.model if best_path == Path(resume_path) else load_checkpoint(best_path).model
+        if store is not None and best_path != Path(resume_path):
+            store.copy_in(best_path)
+    if store is not None:
+        store.copy_in(Path(resume_path))
+    return ck, best_state
 
 
 def train_loop(
@@ -55,55 +105,75 @@ def train_loop(
     total_steps: int,
     eval_every: int,
     patience: int | None,
-    checkpoint_path: Path | None,
+    checkpoint_dir: Path | None,
     resume_path: Path | None = None,
     grad_clip: float = 0.0,
     run=None,
     log_every: int = 1,
+    keep_checkpoints: int = 2,
+    scheduler=None,
+    scaler=None,
+    checkpoint_name: str | None = None,
 ) -> LoopResult:
-    """Optimise ``train_step(indices) -> loss`` for ``total_steps`` steps, with early stopping and resume.
+    """Optimise ``train_step(indices) -> loss`` for ``total_steps`` steps, with early stopping and exact resume.
 
     Every ``eval_every`` steps (and at the end) ``evaluate()`` gives validation metrics, logged as
-    ``{name}.val.<key>``; ``metrics[monitor]`` decides early stopping: the best weights are kept and
-    restored into ``model`` when the loop ends, and training stops after ``patience`` evaluations without
-    improvement (``None``: never early). A checkpoint is written atomically after every evaluation; with
-    ``resume_path`` the loop restores model, optimizer, step and early-stopping state from it and goes on.
+    ``{name}.val.<key>``; ``metrics[monitor]`` decides early stopping: the best weights are restored into
+    ``model`` when the loop ends, and training stops after ``patience`` evaluations without improvement
+    (``None``: never early). After every evaluation a checkpoint ``{checkpoint_name}.step<N>.pt`` goes to
+    ``checkpoint_dir`` (the last ``keep_checkpoints`` and the best are kept) and the run's metrics are flushed to
+    its record, so a kill loses at most the steps since. ``resume_path`` restores model, optimizer, scheduler,
+    scaler, RNG states and early-stopping state from such a checkpoint: the run continues bit-identically.
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    store = CheckpointStore(checkpoint_dir, checkpoint_name or name, keep_checkpoints)
     start, best, best_step, best_state, bad_evals, finished = 0, None, None, None, 0, False
     if resume_path is not None:
-        ck = load_checkpoint(resume_path)
-        model.load_state_dict(ck.model)
-        optimizer.load_state_dict(ck.optimizer)
-        start, best, best_step, best_state = ck.step, ck.best_metric, ck.best_step, ck.best_model
+        ck, best_state = restore(resume_path, store, model=model, optimizer=optimizer, scheduler=scheduler,
+                                 scaler=scaler, sampler_state=sampler.state_dict())
+        start, best, best_step = ck.step, ck.best_metric, ck.best_step
         bad_evals, finished = ck.evals_without_improvement, ck.finished
     resumed_from = start
 
     def save(step: int, done: bool) -> None:
-        if checkpoint_path is None:
-            return
-        save_checkpoint(checkpoint_path, Checkpoint(
-            step=step, model=model.state_dict(), optimizer=optimizer.state_dict(), best_metric=best, best_step=best_step,
-            best_model=best_state, evals_without_improvement=bad_evals, finished=done))
+        store.save(Checkpoint(
+            step=step, model=model.state_dict(), optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict() if scheduler is not None else None,
+            scaler=scaler.state_dict() if scaler is not None else None, sampler=sampler.state_dict(),
+            rng=rng_state(), best_metric=best, best_step=best_step, evals_without_improvement=bad_evals,
+            finished=done, name=name))
+        flush_run(run)  # the metrics logged so far reach the run record with the checkpoint
+        kill_point(f"{name}/saved/{step}")
 
     stopped_early = finished
     step = start
     if not finished and start < total_steps:
         model.train()
-        bar = tqdm(range(start, total_steps), desc=name, initial=start, total=total_steps, leave=False, mininterval=1.0)
+        bar = progress(range(start, total_steps), desc=name, initial=start, total=total_steps, unit="step")
         for step in bar:
             loss = train_step(sampler(step))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(f"{name}: training loss became {value} at step {step + 1}; lower lr or clip")
             if run is not None and (step + 1) % log_every == 0:
                 run.log_scalar(f"{name}.train.loss", value, step + 1)
             bar.set_postfix(loss=f"{value:.3g}", refresh=False)
+            kill_point(f"{name}/step/{step + 1}")
             if (step + 1) % eval_every == 0 or step + 1 == total_steps:
                 model.eval()
                 with torch.no_grad():
@@ -124,9 +194,6 @@ def train_loop(
                     break
         bar.close()
         step += 1
-    if checkpoint_path is not None and not checkpoint_path.exists():
-        # a resumed phase with nothing left to train: copy its state so this run's directory can be resumed too
-        save(step, stopped_early)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

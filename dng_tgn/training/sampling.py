@@ -20,16 +20,21 @@ def seed_everything(seed: int) -> None:
 class EpochSampler:
     """Step -> batch indices, a pure function of (seed, step): epoch e is ``randperm`` seeded by ``seed + e``.
 
-    Because nothing but the step number is needed, a resumed run draws exactly the batches the
-    uninterrupted run would have drawn, with no sampler state in the checkpoint.
+    Because nothing but the step number is needed, a resumed run draws exactly the batches the uninterrupted run
+    would have drawn. :meth:`state_dict` (what a checkpoint stores) identifies the sampler, so that a checkpoint is
+    never resumed with another data set size, batch size or seed.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool = True):
         if n <= 0:
             raise ValueError("cannot sample batches from an empty training set")
-        self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
+        self.n, self.batch_size, self.seed, self.drop_last = n, min(batch_size, n), seed, drop_last
         self.per_epoch = n // self.batch_size if drop_last else math.ceil(n / self.batch_size)
         self._epoch, self._perm = -1, None
+
+    def state_dict(self) -> dict:
+        return {"kind": "EpochSampler", "n": self.n, "batch_size": self.batch_size, "seed": self.seed,
+                "drop_last": self.drop_last}
 
     def __call__(self, step: int) -> torch.Tensor:
         epoch, pos = divmod(step, self.per_epoch)
