@@ -14,6 +14,8 @@ settings (F.1.2: memory and message dims 512, Fourier size 128, scale 3):
    (2 FLOPs per multiply-add) and ignores elementwise work, gathers and scatters.
 
 Paper Table 5 (one INR, inference, GPU): INR2JLS 0.0047 s and 1.31 GFLOPs, NG-GNN 0.0124 s and 2.13 GFLOPs.
+benchmarks/bench_efficiency.py writes that table (results/efficiency.md); benchmarks/bench_encoder_speed.py
+compares the encoder with an older commit in one run.
 Timings are medians over ``--repeats`` runs after a warm-up; ``--threads`` pins torch's CPU threads.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import dng_tgn
+import dng_tgn.nn.memory as memory_module
 from dng_tgn._dgl import dgl_supports
 from dng_tgn.nets import NFNSiren
 from dng_tgn.nn import DNGEncoder, ExecutionPath
@@ -56,8 +59,14 @@ def count_params(m: torch.nn.Module) -> int:
 
 
 def flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
+    # The counter would count the encoder's sparse Eq. 4 product as a dense one; its per-edge route does the
+    # same multiply-adds as dense products, so count on that route.
+    sparse, memory_module.SPARSE_BASIS_MESSAGE = memory_module.SPARSE_BASIS_MESSAGE, False
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        memory_module.SPARSE_BASIS_MESSAGE = sparse
     return counter.get_total_flops()
 
 

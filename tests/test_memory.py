@@ -82,18 +82,22 @@ def test_updater_is_eq6_gru_then_layernorm():
 def test_edge_features_per_kind():
     rff = RandomFourierFeatures(F, 3.0)
     ef = EdgeFeatures(rff)
-    weight = torch.tensor([[0.3, -0.2, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    kind = torch.tensor([EdgeKind.WEIGHT, EdgeKind.RESIDUAL, EdgeKind.ATTN_Q, EdgeKind.ATTN_K, EdgeKind.ATTN_V])
-    span = torch.tensor([0.0, 3.0, 0.0, 0.0, 0.0])
+    weight = torch.tensor([[0.3, -0.2, 0.0], [0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [-0.4, 0.0, 0.0], [0.0, 0.0, 0.0],
+                           [0.0, 0.0, 0.0]])
+    kind = torch.tensor([EdgeKind.WEIGHT, EdgeKind.RESIDUAL, EdgeKind.ATTN_Q, EdgeKind.ATTN_K, EdgeKind.ATTN_V,
+                         EdgeKind.ATTN_SCORE])
+    span = torch.tensor([0.0, 3.0, 0.0, 0.0, 0.0, 0.0])
     out = ef(weight, kind, span)
-    assert out.shape == (5, 3, 2 * F)
+    assert out.shape == (6, 3, 2 * F)
     torch.testing.assert_close(out[0], rff(weight[0]))  # weights: RFF per slot, padding = RFF(0)
     torch.testing.assert_close(out[1, 0], 3.0 * ef.theta_res)  # App. E.1: theta_res * r
-    torch.testing.assert_close(out[2, 0], ef.attn_q)
-    torch.testing.assert_close(out[3, 0], ef.attn_k)
-    torch.testing.assert_close(out[4, 0], ef.attn_v)
+    # a ViT's W_Q / W_K edges keep their weight: its RFF times a learnable role vector (graph/convert/vit.py)
+    torch.testing.assert_close(out[2, 0], rff(weight[2, 0]) * ef.attn_q)
+    torch.testing.assert_close(out[3, 0], rff(weight[3, 0]) * ef.attn_k)
+    torch.testing.assert_close(out[4, 0], ef.attn_v)  # parameter-free attention edges: learnable vectors
+    torch.testing.assert_close(out[5, 0], ef.attn_s)
     zero_edge = rff(torch.zeros(()))
-    for row in range(1, 5):  # learnable single edges are padded with zero edges like a 1x1 kernel
+    for row in range(1, 6):  # single edges are padded with zero edges like a 1x1 kernel
         torch.testing.assert_close(out[row, 1:], zero_edge.expand(2, -1))
     # an all-weight batch takes the shortcut and is still just the RFF
     torch.testing.assert_close(ef(weight[:1], kind[:1], span[:1]), rff(weight[:1]))

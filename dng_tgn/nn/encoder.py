@@ -13,6 +13,7 @@ from ..graph.events import EventStream
 from .heads import MeanReadout, Readout
 from .memory import DNGMemory
 from .paths import ExecutionPath, resolve_path
+from .precision import AmpMode, autocast
 
 
 @dataclass
@@ -48,6 +49,9 @@ class DNGEncoder(nn.Module):
         path: force :attr:`ExecutionPath.DGL` or :attr:`ExecutionPath.TORCH`; ``None`` picks DGL wherever
             its kernels run on the encoder's device, torch elsewhere. Both give the same numbers.
         device: where to put the encoder; ``None`` means CUDA when available, else CPU.
+        amp: mixed precision for :meth:`forward` (:class:`~dng_tgn.nn.precision.AmpMode` or "fp32"/"bf16"/"fp16"):
+            bf16 autocast on CPU or CUDA, fp16 autocast on CUDA only (pair it with
+            :func:`~dng_tgn.nn.precision.grad_scaler`). ``None``/"fp32": full precision. Parameters stay fp32.
 
     ``forward(streams, return_trajectory=False) -> EncoderOutput``; ``streams`` is a :class:`StreamBatch`
     or a list of :class:`EventStream` (any mix of architectures), moved to the encoder's device.
@@ -67,8 +71,10 @@ class DNGEncoder(nn.Module):
         readout: Readout | None = None,
         path: ExecutionPath | None = None,
         device: torch.device | str | None = None,
+        amp: AmpMode | str | None = None,
     ):
         super().__init__()
+        self.amp = AmpMode.parse(amp)
         self.memory = DNGMemory(
             memory_dim, message_dim, message_heads, head_dim, fourier_size, fourier_scale, max_timestamps, max_inputs
         )
@@ -103,5 +109,7 @@ class DNGEncoder(nn.Module):
                 raise TypeError("DNGEncoder takes a StreamBatch or a list of EventStreams (see dng_tgn.to_event_stream)")
             batch = batch_streams(streams)
         batch = batch.to(self.device)
-        state = self.memory(batch, self.execution_path(), return_trajectory)
-        return EncoderOutput(self.readout(state.node_memory, batch), state.node_memory, state.trajectory, batch)
+        with autocast(self.amp, self.device):  # checks the mode against the current device (fp16 needs CUDA)
+            state = self.memory(batch, self.execution_path(), return_trajectory)
+            embedding = self.readout(state.node_memory, batch)
+        return EncoderOutput(embedding, state.node_memory, state.trajectory, batch)

@@ -17,15 +17,16 @@ from .encoder import DNGEncoder
 from .heads import ConcatReadout
 from .paths import ExecutionPath
 
-__all__ = ["EncoderKind", "WeightEncoder", "DNGWeightEncoder", "NGGNNWeightEncoder", "build_encoder",
+__all__ = ["EncoderKind", "WeightEncoder", "DNGWeightEncoder", "NGGNNWeightEncoder", "FlatMLPWeightEncoder", "build_encoder",
            "sized_encoder_kwargs", "fit_degree_scaler"]
 
 
 class EncoderKind(Enum):
-    """Which network encodes the weights: the DNG-Encoder (§5) or the static NG-GNN baseline."""
+    """Which network encodes the weights: the DNG-Encoder (§5), the static NG-GNN baseline, or a flat MLP."""
 
     DNG = "dng"
     NG_GNN = "ng_gnn"
+    MLP = "mlp"  # flat weights -> MLP (Table 7's baseline); one architecture per run
 
     @classmethod
     def parse(cls, value: "str | EncoderKind") -> "EncoderKind":
@@ -86,13 +87,30 @@ class NGGNNWeightEncoder(WeightEncoder):
         return self.encoder.fit_degree_scaler(batches)
 
 
+class FlatMLPWeightEncoder(WeightEncoder):
+    """Every parameter of a network as one vector, through an MLP (no structure, no invariance)."""
+
+    def __init__(self, in_dim: int, out_dim: int, **kwargs):
+        super().__init__()
+        from ..baselines.flat_mlp import FlatMLP  # beside nn/, see NGGNNWeightEncoder
+
+        self.encoder = FlatMLP(in_dim, out_dim=out_dim, **kwargs)
+        self.out_dim = int(out_dim)
+
+    def forward(self, batch: StreamBatch) -> torch.Tensor:
+        return self.encoder(batch)
+
+
 def build_encoder(kind: EncoderKind, *, num_outputs: int, num_slots: int, dng: Mapping, ng_gnn: Mapping,
-                  path: ExecutionPath | None = None) -> WeightEncoder:
+                  path: ExecutionPath | None = None, mlp: Mapping | None = None,
+                  probe: StreamBatch | None = None) -> WeightEncoder:
     """The weight encoder for ``kind``; ``dng`` / ``ng_gnn`` are the keyword arguments of each model.
 
     ``num_outputs``: output neurons of the encoded networks (ConcatReadout); ``num_slots``: edges per node
     pair K (9 for 3x3 convs, 1 for MLPs and ViTs), which the DNG-Encoder's Eq. 5 heads also need.
-    ``path``: the execution path of either encoder (None: DGL where its kernels run, else torch).
+    ``path``: the execution path of the graph encoders (None: DGL where its kernels run, else torch).
+    ``mlp``: the flat MLP's kwargs (hidden_dim, num_layers, out_dim, dropout); its input size is read off
+    ``probe``, a batch of the task's networks, unless ``mlp`` gives ``in_dim``.
     """
     if not isinstance(kind, EncoderKind):
         raise TypeError(f"build_encoder needs an EncoderKind, got {kind!r}")
@@ -105,6 +123,16 @@ def build_encoder(kind: EncoderKind, *, num_outputs: int, num_slots: int, dng: M
         if "out_dim" not in kw:
             raise ValueError(f"the ng_gnn config needs out_dim (the embedding size the heads read), got {sorted(kw)}")
         return NGGNNWeightEncoder(num_slots, **kw)
+    if kind is EncoderKind.MLP:
+        kw = dict(mlp or {})
+        if "in_dim" not in kw:
+            if probe is None:
+                raise ValueError("the flat MLP needs its input size: pass probe= (a batch of the networks) or mlp.in_dim")
+            from ..baselines.flat_mlp import flat_parameters
+
+            kw["in_dim"] = int(flat_parameters(probe).shape[1])
+        kw.setdefault("out_dim", 64)
+        return FlatMLPWeightEncoder(**kw)
     raise AssertionError(f"build_encoder does not handle {kind}")  # a new EncoderKind needs a branch here
 
 

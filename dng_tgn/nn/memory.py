@@ -13,17 +13,29 @@ at one timestamp) and no embedding module (no memory goes stale), so the memory 
 The building blocks are small modules, composed by :class:`DNGMemory`:
 :class:`EdgeFeatures` (``e_ij``), :class:`NodeFeatures` (``v_i``), :class:`InputMemory`,
 :class:`MessageFunction` (Eq. 4), :class:`MultiHeadMessage` (Eq. 5), :class:`MemoryUpdater` (Eq. 6).
+
+How the work is kept small (same function, same parameters; tests/test_encoder_speedups.py checks each
+against the plain computation):
+
+* An edge's ``W_m1 e_ij`` is a fixed function of one scalar weight; it is evaluated on a Chebyshev basis of
+  the weights' range (:func:`~dng_tgn.graph.features.rff_basis`, typically 10-60 columns instead of the
+  RFF's 2F = 256), so no (E, K, 2F) feature tensor is built (:meth:`EdgeFeatures.project`).
+* Node features use only the slots some node carries, on the same kind of basis, and the GRU's hidden-side
+  product ``W_hh v_i`` is folded onto that basis once per forward (:meth:`MemoryUpdater.hidden_map`).
+* Eq. 4 with a narrow basis sums ``basis ⊗ u_j`` per destination in one sparse product instead of building
+  per-edge (E, d) tensors (:meth:`MessageFunction.message_from_basis`), where that moves less data.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..graph.batch import StreamBatch
+from ..graph.batch import StepBatch, StreamBatch
 from ..graph.events import NUM_NODE_SLOTS, EdgeKind, NodeKind
-from ..graph.features import NodeFeaturizer, RandomFourierFeatures
+from ..graph.features import NodeFeaturizer, RandomFourierFeatures, rff_basis, rff_linear
 from .paths import ExecutionPath, StepOps, step_ops
 
 
@@ -33,7 +45,9 @@ class EdgeFeatures(nn.Module):
     * WEIGHT edges: the RFF of each slot's weight scalar (§4.1). Slots past an edge group's kernel size
       hold 0, so they become RFF(0): the paper's zero edges (§4.2).
     * RESIDUAL edges: ``theta_res * r`` with one learnable ``theta_res`` and the span ``r`` (App. E.1).
-    * ATTN_Q / ATTN_K / ATTN_V edges: one learnable vector per role (App. E.2).
+    * ATTN_Q / ATTN_K edges (a ViT's W_Q / W_K scalars, into the score nodes where q_e meets k_e): the RFF of
+      the weight times a learnable role vector, so the two projections stay apart (see graph/convert/vit.py).
+    * ATTN_V / ATTN_SCORE edges (parameter-free: v_d -> z_d, s_e -> z_d): one learnable vector per role.
 
     Residual and attention edges are single edges, so their learnable feature sits in slot 0 and the
     remaining slots are zero edges, exactly as a 1x1 kernel is padded in a multi-edge stream.
@@ -48,6 +62,7 @@ class EdgeFeatures(nn.Module):
         self.attn_q = nn.Parameter(torch.randn(d))
         self.attn_k = nn.Parameter(torch.randn(d))
         self.attn_v = nn.Parameter(torch.randn(d))
+        self.attn_s = nn.Parameter(torch.randn(d))
 
     @property
     def out_dim(self) -> int:
@@ -58,10 +73,19 @@ class EdgeFeatures(nn.Module):
         rows = {
             EdgeKind.WEIGHT: torch.zeros_like(self.theta_res),
             EdgeKind.RESIDUAL: self.theta_res,
-            EdgeKind.ATTN_Q: self.attn_q,
-            EdgeKind.ATTN_K: self.attn_k,
+            EdgeKind.ATTN_Q: torch.zeros_like(self.theta_res),  # weighted: see _role_table
+            EdgeKind.ATTN_K: torch.zeros_like(self.theta_res),
             EdgeKind.ATTN_V: self.attn_v,
+            EdgeKind.ATTN_SCORE: self.attn_s,
+            EdgeKind.GATE: self.attn_v,  # multiplicative and index-paired, like attention's v -> z
         }
+        return torch.stack([rows[k] for k in sorted(rows)])
+
+    def _role_table(self) -> torch.Tensor:
+        """(len(EdgeKind), 2F): what the slot-0 RFF of a weighted edge is multiplied by (ones but for Q and K)."""
+        ones = torch.ones_like(self.theta_res)
+        rows = {k: ones for k in EdgeKind}
+        rows[EdgeKind.ATTN_Q], rows[EdgeKind.ATTN_K] = self.attn_q, self.attn_k
         return torch.stack([rows[k] for k in sorted(rows)])
 
     def forward(self, weight: torch.Tensor, kind: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
@@ -73,8 +97,24 @@ class EdgeFeatures(nn.Module):
             return feats
         scale = torch.where(kind == int(EdgeKind.RESIDUAL), span.to(feats.dtype), torch.ones_like(span, dtype=feats.dtype))
         learned = self._learned_table()[kind] * scale.unsqueeze(-1)
-        slot0 = torch.where(is_weight.unsqueeze(-1), feats[:, 0], learned)
+        weighted = is_weight | (kind == int(EdgeKind.ATTN_Q)) | (kind == int(EdgeKind.ATTN_K))
+        slot0 = torch.where(weighted.unsqueeze(-1), feats[:, 0] * self._role_table()[kind], learned)
         return torch.cat([slot0.unsqueeze(1), feats[:, 1:]], dim=1)
+
+    def project(self, weight: torch.Tensor, kind: torch.Tensor, span: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+        """``linear(self(weight, kind, span))``: (E, K) -> (E, K, out), without the (E, K, 2F) features.
+
+        Weight slots go through :func:`~dng_tgn.graph.features.rff_linear` (the projection of an RFF is a
+        fixed function of one scalar, evaluated on a small Chebyshev basis); the few learnable slot-0 edges
+        (residual, attention) take :meth:`forward` on their rows only, so both always agree.
+        """
+        out = rff_linear(self.rff, weight, linear.weight, linear.bias)
+        rows = (kind != int(EdgeKind.WEIGHT)).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return out
+        learned = linear(self(weight[rows], kind[rows], span[rows])[:, 0])  # (R, out)
+        slot0 = out[:, 0].index_copy(0, rows, learned.to(out.dtype))
+        return torch.cat([slot0.unsqueeze(1), out[:, 1:]], dim=1)
 
 
 class NodeFeatures(nn.Module):
@@ -88,8 +128,30 @@ class NodeFeatures(nn.Module):
         self.featurizer = NodeFeaturizer(rff, NUM_NODE_SLOTS)
         self.proj = nn.Linear(self.featurizer.out_dim, memory_dim)
 
+    def factored(self, values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(basis (N, P), mapping (d, P))`` with ``proj(featurizer(values, mask)) = basis @ mapping.T + proj.bias``.
+
+        Only slots that some node carries enter (an absent slot is a zero block of the featurizer's output:
+        a SIREN uses one slot of five), each as its :func:`~dng_tgn.graph.features.rff_basis` with rows of
+        nodes lacking the slot zeroed, and its block of ``proj`` folded onto that basis. None if no node
+        carries any slot. The encoder reuses the factors for the GRU's hidden-side product (see DNGMemory).
+        """
+        width = self.featurizer.rff.out_dim
+        bases, maps = [], []
+        for slot in mask.any(0).nonzero().flatten().tolist():
+            basis = rff_basis(self.featurizer.rff, values[:, slot])
+            bases.append(basis.basis * mask[:, slot : slot + 1].to(basis.basis.dtype))
+            maps.append(basis.fold(self.proj.weight[:, slot * width : (slot + 1) * width]))
+        if not bases:
+            return None
+        return torch.cat(bases, dim=1), torch.cat(maps, dim=1)
+
     def forward(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.featurizer(values, mask))
+        """(N, slots) scalars and slot mask -> (N, d): ``proj(featurizer(values, mask))``, via :meth:`factored`."""
+        factors = self.factored(values, mask)
+        if factors is None:
+            return self.proj.bias.to(values.dtype).expand(values.shape[0], -1)
+        return nn.functional.linear(factors[0], factors[1], self.proj.bias)
 
 
 class InputMemory(nn.Module):
@@ -132,7 +194,82 @@ class MessageFunction(nn.Module):
         """(S, d) source memories, (E, 1, 2F) edge features -> (D, message_dim) messages."""
         if edge_feat.shape[1] != 1:
             raise ValueError(f"the single-edge message (Eq. 4) got {edge_feat.shape[1]} edges per node pair")
-        return ops.u_mul_e_sum(self.src_proj(src_memory), self.edge_proj(edge_feat[:, 0]))
+        return self.message(ops, src_memory, self.edge_proj(edge_feat))
+
+    def message(self, ops: StepOps, src_memory: torch.Tensor, edge_msg: torch.Tensor) -> torch.Tensor:
+        """Eq. 4 from the projected edges: (E, 1, message_dim) ``W_m1 e_ij`` (see EdgeFeatures.project)."""
+        return ops.u_mul_e_sum(self.src_proj(src_memory), edge_msg.flatten(0, 1))  # a view: no select backward
+
+    def message_from_basis(self, step: StepBatch, src_memory: torch.Tensor, basis: torch.Tensor,
+                           mapping: torch.Tensor) -> torch.Tensor:
+        """Eq. 4 when ``W_m1 e_ij = basis_ij @ mapping.T`` (a (E, P) Chebyshev basis of the weights, bias folded in).
+
+        ``m_ic = sum_j (sum_p B_ijp M_cp) u_jc = sum_p M_cp Y_ipc`` with ``Y_ip = sum_j B_ijp u_j``: one sparse
+        (D·P, S) x (S, d) product instead of four passes over per-edge (E, d) tensors (project, gather,
+        multiply, scatter). The same multiply-adds (E·P·d); worth it when P is well below the mean in-degree, so
+        that (D, P, d) is much smaller than (E, d). See :func:`basis_message_pays`.
+        """
+        y = _sparse_rows_by_dst(step, basis, src_memory.shape[0]).matmul(self.src_proj(src_memory))
+        y = y.view(step.dst_nodes.numel(), basis.shape[1], -1)  # (D, P, d)
+        return (y * mapping.T.unsqueeze(0)).sum(1)
+
+
+SPARSE_BASIS_MESSAGE = True  # switch for benchmarks/tests: False keeps every step on the per-edge route
+
+
+def basis_message_pays(step: StepBatch, degree: int, dtype: torch.dtype) -> bool:
+    """True when :meth:`MessageFunction.message_from_basis` moves less data than the per-edge route.
+
+    Needs a full-precision dtype (sparse products have no bf16/fp16 kernels on every device; autocast keeps
+    the per-edge route) and P at most a third of the mean in-degree.
+    """
+    if not SPARSE_BASIS_MESSAGE or dtype not in (torch.float32, torch.float64):
+        return False
+    if not _sparse_products_work(step.src_local.device):
+        return False
+    if torch.is_autocast_enabled(step.src_local.device.type):
+        return False
+    # measured on CPU (benchmarks/bench_encoder_speed.py, SIREN hidden layers, in-degree 32): P = 10 runs the
+    # step in ~0.4x the per-edge time, P = 22 in ~1.3x; the sparse product's index work wants P <= degree / 3
+    return 3 * degree * step.dst_nodes.numel() <= step.num_edges
+
+
+_SPARSE_PROBED: dict[str, bool] = {}
+
+
+def _sparse_products_work(device: torch.device) -> bool:
+    """Whether CSR x dense products and their backward run on this device type (probed once, on a 1x1 case)."""
+    if device.type not in _SPARSE_PROBED:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                a = torch.sparse_csr_tensor(torch.tensor([0, 1]), torch.tensor([0]), torch.ones(1), (1, 1), device=device)
+                b = torch.ones(1, 2, device=device, requires_grad=True)
+                a.matmul(b).sum().backward()
+            _SPARSE_PROBED[device.type] = bool(b.grad is not None and float(b.grad.sum()) == 2.0)
+        except Exception:  # no sparse kernels here: the per-edge route computes the same sums
+            _SPARSE_PROBED[device.type] = False
+    return _SPARSE_PROBED[device.type]
+
+
+def _sparse_rows_by_dst(step: StepBatch, basis: torch.Tensor, num_src: int) -> torch.Tensor:
+    """The (D·P, S) CSR matrix with entry ``basis[e, p]`` at row ``dst(e)·P + p``, column ``src(e)``."""
+    num_dst, (num_edges, p) = step.dst_nodes.numel(), basis.shape
+    dst, src = step.dst_local.long(), step.src_local.long()
+    order = torch.argsort(dst, stable=True)
+    dst, src, basis = dst[order], src[order], basis[order]
+    count = torch.bincount(dst, minlength=num_dst)
+    start = torch.cumsum(count, 0) - count
+    crow = torch.zeros(num_dst * p + 1, dtype=torch.long, device=dst.device)
+    crow[1:] = torch.cumsum(count.repeat_interleave(p), 0)
+    # row (i, p) holds node i's edges in order: position start_i·P + p·count_i + (rank of the edge within i)
+    rank = torch.arange(num_edges, device=dst.device) - start[dst]
+    slot = ((start[dst] * p + rank).unsqueeze(1) + torch.arange(p, device=dst.device) * count[dst].unsqueeze(1)).flatten()
+    values = basis.new_empty(num_edges * p).index_copy_(0, slot, basis.flatten())
+    cols = src.new_empty(num_edges * p).index_copy_(0, slot, src.unsqueeze(1).expand(num_edges, p).flatten())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, cols, values, (num_dst * p, num_src))
 
 
 class MultiHeadMessage(nn.Module):
@@ -158,8 +295,12 @@ class MultiHeadMessage(nn.Module):
             raise ValueError(
                 f"the multi-head message (Eq. 5) has {self.message_heads} heads but got {edge_feat.shape[1]} edge slots"
             )
+        return self.message(ops, src_memory, self.edge_proj(edge_feat))
+
+    def message(self, ops: StepOps, src_memory: torch.Tensor, edge_msg: torch.Tensor) -> torch.Tensor:
+        """Eq. 5 from the projected edges: (E, N, head_dim) ``W_m1 e_ij,n`` (see EdgeFeatures.project)."""
         u = self.src_proj(src_memory).view(-1, self.message_heads, self.head_dim)
-        heads = ops.u_mul_e(u, self.edge_proj(edge_feat))  # (E, N, head_dim)
+        heads = ops.u_mul_e(u, edge_msg)  # (E, N, head_dim)
         return ops.e_sum(self.merge(heads.flatten(1)))
 
 
@@ -177,6 +318,25 @@ class MemoryUpdater(nn.Module):
 
     def forward(self, message: torch.Tensor, node_state: torch.Tensor) -> torch.Tensor:
         return self.norm(self.gru(message, node_state))
+
+    def hidden_map(self, mapping: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The GRU's hidden-side gates ``W_hh h + b_hh`` for ``h = basis @ mapping.T + bias``, as a map of ``basis``.
+
+        ``W_hh (basis M^T + b) = basis (W_hh M)^T + W_hh b``: with a P-column basis (P < d) the per-node
+        product shrinks from d x 3d to P x 3d; (W_hh M) is formed once per forward and shared by every step.
+        """
+        w_hh = self.gru.weight_hh
+        return mapping.to(w_hh.dtype).T.matmul(w_hh.T).T, nn.functional.linear(bias, w_hh, self.gru.bias_hh)
+
+    def from_hidden_gates(self, message: torch.Tensor, hidden_gates: torch.Tensor, node_state: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` given ``hidden_gates = W_hh node_state + b_hh`` (nn.GRUCell's equations, gate order r, z, n)."""
+        gi = nn.functional.linear(message, self.gru.weight_ih, self.gru.bias_ih)
+        i_r, i_z, i_n = gi.chunk(3, dim=1)
+        h_r, h_z, h_n = hidden_gates.chunk(3, dim=1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        return self.norm(n + z * (node_state - n))  # (1 - z) n + z h
 
 
 @dataclass
@@ -258,21 +418,51 @@ class DNGMemory(nn.Module):
         init = self.inputs(batch.node_input_index[ids], node_state[ids], batch.node_slot_mask[ids].any(1))
         return bank.index_copy(0, ids, init)
 
+    def _basis_message(self, step, weight: torch.Tensor, message_fn: nn.Module, src_memory: torch.Tensor):
+        """Eq. 4 by :meth:`MessageFunction.message_from_basis` where that pays (single weight edges, narrow basis),
+        else None. Either execution path: the sparse product is plain torch and gives the same sums."""
+        if not isinstance(message_fn, MessageFunction) or weight.shape[1] != 1 or weight.requires_grad:
+            return None
+        if not bool((step.kind == int(EdgeKind.WEIGHT)).all()):
+            return None
+        basis = rff_basis(self.edge_features.rff, weight[:, 0])
+        if basis.coef is None or not basis_message_pays(step, basis.size, weight.dtype):
+            return None
+        mapping = basis.fold_with_bias(message_fn.edge_proj.weight, message_fn.edge_proj.bias)
+        return message_fn.message_from_basis(step, src_memory, basis.basis, mapping)
+
     def forward(self, batch: StreamBatch, path: ExecutionPath, return_trajectory: bool = False) -> MemoryState:
         self.check(batch)
         dtype = self.inputs.table.weight.dtype  # batches hold fp32 scalars; follow the encoder's precision
-        node_state = self.node_features(batch.node_values.to(dtype), batch.node_slot_mask)  # v_i for every node
+        # v_i for every node, kept factored as basis @ mapping^T + bias (NodeFeatures.factored)
+        factors = self.node_features.factored(batch.node_values.to(dtype), batch.node_slot_mask)
+        if factors is None:
+            node_state = self.node_features.proj.bias.to(dtype).expand(batch.num_nodes, -1)
+        else:
+            node_state = nn.functional.linear(factors[0], factors[1], self.node_features.proj.bias)
+        # Eq. 6's hidden-side product W_hh v_i, on the P-column node basis when that is narrower than d
+        hidden = None
+        if factors is not None and factors[0].shape[1] < self.memory_dim:
+            hidden = self.updater.hidden_map(factors[1], self.node_features.proj.bias)
         bank = self.initial_memory(batch, node_state)
         trajectory = [bank] if return_trajectory else None
         for t, step in enumerate(batch.steps, start=1):
-            ops = step_ops(step, path)
             weight = step.weight.to(dtype)
             if weight.shape[1] < self.message_heads:  # zero edges (§4.2) up to the encoder's head count
                 weight = nn.functional.pad(weight, (0, self.message_heads - weight.shape[1]))
-            edge_feat = self.edge_features(weight, step.kind, step.span)
+            message_fn = self.messages[t - 1]
             src_memory = bank.index_select(0, step.src_nodes)  # s_j(t^l-)
-            message = self.messages[t - 1](ops, src_memory, edge_feat)
-            new = self.updater(message, node_state.index_select(0, step.dst_nodes))
+            message = self._basis_message(step, weight, message_fn, src_memory)
+            if message is None:
+                # W_m1 e_ij, projected without materialising the (E, K, 2F) edge features (EdgeFeatures.project)
+                edge_msg = self.edge_features.project(weight, step.kind, step.span, message_fn.edge_proj)
+                message = message_fn.message(step_ops(step, path), src_memory, edge_msg)
+            state = node_state.index_select(0, step.dst_nodes)
+            if hidden is None:
+                new = self.updater(message, state)
+            else:
+                gates = nn.functional.linear(factors[0].index_select(0, step.dst_nodes), *hidden)
+                new = self.updater.from_hidden_gates(message, gates, state)
             # out-of-place write: earlier banks stay intact for autograd and for the trajectory
             bank = bank.index_copy(0, step.dst_nodes, new)
             if trajectory is not None:
