@@ -4,7 +4,8 @@ from .errors import (
     StreamValidationError, UnsupportedLayerError,
 )
 from .graph import (
-    EventStream, Op, StreamBatch, batch_state_dicts, batch_streams, draw_snapshot, replay, to_event_stream,
+    EventStream, Op, StreamBatch, batch_state_dicts, batch_streams, draw_snapshot, load_stream, replay, save_stream,
+    to_event_stream,
 )
 from .nn import DNGEncoder
 
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "to_event_stream", "batch_streams", "batch_state_dicts", "EventStream", "StreamBatch", "Op", "replay", "draw_snapshot",
+    "save_stream", "load_stream",
     "DNGError", "UnsupportedLayerError", "ShapeMismatchError", "NonFiniteWeightsError", "MissingParameterError",
     "EmptyModelError", "StreamValidationError",
     "DNGEncoder",

@@ -70,6 +70,19 @@ def paper():
     runtime = dict(eval_batch_size=512)
 
 
+# The INR tables' CPU scale (issue #11; `python -m experiments.tables inr`): a `build_inrs --preset bench` folder
+# (5,000 training images + one augmented SIREN copy each, 500 val, 1,000 test), F.3's six image views, and a
+# step budget that keeps one run to minutes on 2 cores; early stopping on validation in both phases.
+BENCH = dict(
+    data=dict(extra_aug=1),
+    model=dict(augment=True),
+    recon=dict(steps=2000, batch_size=32, lr=1e-3, eval_every=250, patience=4),
+    cls=dict(steps=2000, batch_size=64, lr=1e-3, weight_decay=1e-2, eval_every=250, patience=4),
+    classifier=dict(conv_channels=64, hidden=64, conv_dropout=0.5, mlp_dropout=0.5),
+)
+ex.add_named_config("bench", BENCH)
+
+
 @ex.named_config
 def cifar():
     """F.1.2: CIFAR-10/100 use conv dropout 0.2 in the classifier."""

@@ -48,6 +48,11 @@ def paper():
     runtime = dict(eval_batch_size=256)
 
 
+# The generalization tables' CPU scale (issue #12; `python -m experiments.tables generalization`): a zoo built with
+# the builder's `--preset bench`; every method gets this same budget, early stopping on validation τ.
+ex.add_named_config("bench", dict(optim=dict(lr=1e-3, batch_size=32, epochs=60, patience=10), runtime=dict(eval_batch_size=256)))
+
+
 @ex.automain
 def main(_run, _config, seed):
     root = require_data_root(_config["data"]["root"], "ViT zoo folder", VIT_ZOO_BUILD)

@@ -1,0 +1,116 @@
+"""Weight-statistics baselines: the trivial floor every weight-space method must clear.
+
+Unterthiner et al. (2020, "Predicting Neural Network Accuracy from Weights") describe each network by seven
+statistics of every parameter tensor -- mean, variance and the 0/25/50/75/100 % quantiles -- and fit a
+regressor on them ("StatNN": gradient-boosted trees). NFN's paper reports it beside its own models. We use the
+same features with three fitters: ridge regression (``RIDGE``), gradient-boosted trees (``GBT``, StatNN) for
+accuracy prediction, and logistic regression (``LOGISTIC``) for classification (the INR tables' floor).
+
+Features come from a :class:`~dng_tgn.data.StateDictSet`'s stacked parameters, so every network of the set
+must share one layout; each feature is standardised on the training split only.
+"""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Mapping
+
+import numpy as np
+import torch
+
+__all__ = ["STATISTICS", "weight_statistics", "StatsModel", "WeightStatsBaseline"]
+
+STATISTICS = ("mean", "var", "q0", "q25", "q50", "q75", "q100")
+
+
+def weight_statistics(params: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """(n, 7 · #tensors): the seven statistics of every parameter tensor of each of the n stacked networks.
+
+    ``params[k]`` has one row per network (``StateDictSet.params``); tensors are taken in key order, so two
+    sets of the same layout give aligned columns.
+    """
+    cols = []
+    for key in params:
+        flat = params[key].reshape(params[key].shape[0], -1).double()
+        if flat.shape[1] == 0:
+            continue
+        q = torch.quantile(flat, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=flat.dtype), dim=1).T
+        var = flat.var(dim=1, unbiased=False)
+        cols.append(torch.cat([flat.mean(1, keepdim=True), var.unsqueeze(1), q], dim=1))
+    if not cols:
+        raise ValueError("no parameter tensors to describe")
+    out = torch.cat(cols, dim=1).numpy()
+    if not np.isfinite(out).all():
+        bad = [k for k in params if not torch.isfinite(params[k]).all()]
+        raise ValueError(f"non-finite weights in {bad[:5]}: weight statistics would be meaningless")
+    return out
+
+
+class StatsModel(Enum):
+    """Which model is fitted on the statistics."""
+
+    RIDGE = "ridge"  # accuracy regression, the linear floor
+    GBT = "gbt"  # accuracy regression with gradient-boosted trees: StatNN (Unterthiner et al., 2020)
+    LOGISTIC = "logistic"  # classification (e.g. which image an INR represents)
+
+    @classmethod
+    def parse(cls, value: "str | StatsModel") -> "StatsModel":
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            raise ValueError(f"unknown weight-statistics model {value!r}; valid values are "
+                             f"{', '.join(repr(m.value) for m in cls)}") from None
+
+
+class WeightStatsBaseline:
+    """Standardise the statistics on the training set, fit ``model`` on them, predict other sets.
+
+    ``alpha`` is the ridge / inverse-logistic regularisation, tuned on validation by :meth:`fit_tuned`; the
+    trees use sklearn's defaults with ``seed``.
+    """
+
+    def __init__(self, model: StatsModel | str, alpha: float = 1.0, seed: int = 0):
+        self.model, self.alpha, self.seed = StatsModel.parse(model), float(alpha), seed
+        self._fitted = None
+
+    def _make(self):
+        from sklearn.ensemble import HistGradientBoostingRegressor
+        from sklearn.linear_model import LogisticRegression, Ridge
+
+        if self.model is StatsModel.RIDGE:
+            return Ridge(alpha=self.alpha)
+        if self.model is StatsModel.GBT:
+            return HistGradientBoostingRegressor(random_state=self.seed)
+        return LogisticRegression(C=1.0 / self.alpha, max_iter=2000)
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "WeightStatsBaseline":
+        self.mu, self.sd = x.mean(0), x.std(0) + 1e-12
+        self._fitted = self._make().fit((x - self.mu) / self.sd, y)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self._fitted is None:
+            raise RuntimeError("fit the baseline before predicting")
+        return self._fitted.predict((x - self.mu) / self.sd)
+
+    @classmethod
+    def fit_tuned(cls, model: StatsModel | str, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                  score, alphas=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0), seed: int = 0) -> "WeightStatsBaseline":
+        """The regularisation with the best ``score(pred, target)`` on validation (higher is better), refitted.
+
+        Trees have no alpha here, so they are fitted once: each method gets the tuning it needs, on
+        validation only.
+        """
+        model = StatsModel.parse(model)
+        grid = (1.0,) if model is StatsModel.GBT else alphas
+        best, best_score = None, -np.inf
+        for a in grid:
+            m = cls(model, a, seed).fit(*train)
+            s = score(m.predict(val[0]), val[1])
+            if np.isfinite(s) and s > best_score:
+                best, best_score = m, s
+        if best is None:
+            raise RuntimeError(f"no {model.value} fit gave a finite validation score")
+        best.val_score = best_score
+        return best

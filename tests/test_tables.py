@@ -1,0 +1,83 @@
+"""experiments/tables.py: rows run once each, resume by skipping finished runs, and render the issue's schema;
+the pixel-space reference classifier learns what it should."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import experiments.tables as tables  # noqa: E402
+from tests.test_downstream_experiments import inr_tiny, write_inr_set  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch, runs_root):
+    monkeypatch.setattr(tables, "RESULTS", tmp_path / "results")
+    return tmp_path / "results"
+
+
+def tiny_table(tmp_path: Path) -> tuple[tables.Table, Path]:
+    data_dir = tmp_path / "data"
+    write_inr_set(data_dir / "toy_inrs")
+    cfg = inr_tiny("unused")
+    cfg.pop("data")
+    rows = (tables.Row("inr2jls", "inr2jls", (), cfg, seeds=2), tables.Row("weight_stats", direct=tables.weight_stats_inr),
+            tables.Row("later", missing="not implemented yet: a row for later"))
+    table = tables.Table("toy_inr", "toy", "test_acc", "test accuracy", ("toy",), lambda d: f"{d}_inrs", rows)
+    return table, data_dir
+
+
+def test_rows_run_once_and_render_the_schema(tmp_path, results):
+    table, data_dir = tiny_table(tmp_path)
+    runnable = [r for r in table.rows if r.missing is None]
+    tables.run_table(table, runnable, ["toy"], None, data_dir, "default", "cmd")
+    files = sorted(p.relative_to(results) for p in results.rglob("seed*.json"))
+    assert [str(f) for f in files] == [f"rows/toy_inr/toy/inr2jls/seed{s}.json" for s in (0, 1)] + \
+        [f"rows/toy_inr/toy/weight_stats/seed{s}.json" for s in (0, 1, 2)]
+    doc = json.loads((results / "toy_inr.json").read_text())
+    assert {"scale", "machine", "date", "command", "rows"} <= set(doc)
+    by_name = {r["name"]: r for r in doc["rows"]}
+    inr = by_name["inr2jls"]
+    assert inr["seeds"] == [0, 1] and len(inr["test_acc"]) == 2 and inr["params"] > 0 and inr["train_s"] > 0
+    assert inr["mean"] == pytest.approx(sum(inr["test_acc"]) / 2) and inr["recon_mse_ratio"] > 0
+    assert by_name["later"]["not_run"].startswith("not implemented yet") and by_name["later"]["mean"] is None
+    md = (results / "toy_inr.md").read_text()
+    assert "| toy | inr2jls |" in md and "not run: not implemented yet" in md
+    # a rerun finds every run done and changes nothing
+    stamp = {f: (results / f).stat().st_mtime_ns for f in files}
+    tables.run_table(table, runnable, ["toy"], None, data_dir, "default", "cmd")
+    assert {f: (results / f).stat().st_mtime_ns for f in files} == stamp
+
+
+def test_unknown_rows_and_datasets_are_named(capsys):
+    with pytest.raises(SystemExit):
+        tables.main(["inr", "--rows", "inr2jls,nope", "--report"])
+    assert "unknown rows ['nope']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tables.main(["inr", "--datasets", "cifar", "--report"])
+    assert "unknown datasets ['cifar']" in capsys.readouterr().err
+
+
+def test_pixel_classifier_learns_and_shuffled_labels_do_not():
+    from dng_tgn.baselines.pixel_cnn import train_pixel_classifier
+
+    g = torch.Generator().manual_seed(0)
+
+    def split(n, shuffle=False):
+        y = torch.randint(0, 2, (n,), generator=g)
+        x = torch.randn(n, 1, 6, 6, generator=g) * 0.3
+        x[y == 1, :, :3] += 1.0  # class 1 is bright in the top half
+        return x, (y[torch.randperm(n, generator=g)] if shuffle else y)
+
+    cls = dict(conv_channels=4, hidden=16, conv_dropout=0.0, mlp_dropout=0.0)
+    kw = dict(seed=0, steps=120, batch_size=32, lr=3e-3, weight_decay=0.0, eval_every=40, classifier=cls)
+    good = train_pixel_classifier({"train": split(256), "val": split(64), "test": split(128)}, **kw)
+    assert good["test_acc"] >= 0.9 and good["params"] > 0
+    bad = train_pixel_classifier({"train": split(256, shuffle=True), "val": split(64), "test": split(128)}, **kw)
+    assert bad["test_acc"] <= 0.7
