@@ -27,14 +27,13 @@ and re-validates them on load.
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..atomic import atomic_torch_save
 from ..errors import DNGError
 from . import edge_ops, transforms
 from .events import EdgeGroup, EdgeKind, EventStream, NodeGroup, NodeKind, ParamRef, Pattern
@@ -235,21 +234,8 @@ def save_stream(stream: EventStream, path: str | os.PathLike) -> Path:
     """Write ``stream`` to ``path`` (atomically: a temporary file beside it, then a rename). Returns the path."""
     if not isinstance(stream, EventStream):
         raise TypeError(f"save_stream needs an EventStream, got {type(stream).__name__}")
-    buf = io.BytesIO()
-    torch.save(stream_to_dict(stream), buf)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_torch_save(stream_to_dict(stream), path)
     return path
 
 

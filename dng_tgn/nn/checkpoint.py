@@ -13,13 +13,12 @@ On disk (``torch.save``; read back with ``torch.load(weights_only=True)``, so lo
 """
 from __future__ import annotations
 
-import io
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_torch_save
 from ..errors import DNGError
 from .encoder import DNGEncoder
 from .heads import ConcatReadout, MeanReadout, Readout
@@ -92,21 +91,8 @@ def save_encoder(encoder: DNGEncoder, path: str | os.PathLike, *, kwargs: dict |
         raise EncoderFormatError(f"kwargs {kwargs} do not rebuild this encoder: parameters {bad[:4]} differ")
     obj = {"format": FORMAT, "version": VERSION, "kwargs": kwargs, "readout": readout, "state_dict": state,
            "extra": dict(extra or {})}
-    buf = io.BytesIO()
-    torch.save(obj, buf)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_torch_save(obj, path)
     return path
 
 

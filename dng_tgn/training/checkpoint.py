@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.shards import atomic_torch_save
+from ..atomic import atomic_torch_save
 
 __all__ = ["SCHEMA_VERSION", "Checkpoint", "CheckpointError", "CheckpointStore", "save_checkpoint", "load_checkpoint",
            "latest_checkpoint", "resolve_resume", "run_dir", "rng_state", "set_rng_state"]
@@ -156,7 +156,7 @@ class CheckpointStore:
         """Copy a checkpoint file from another run's folder (atomically), so this folder can be resumed too."""
         if self.directory is None or source.resolve().parent == self.directory.resolve():
             return
-        from ..data.shards import atomic_write_bytes
+        from ..atomic import atomic_write_bytes
 
         atomic_write_bytes(self.directory / source.name, source.read_bytes())
 
