@@ -363,44 +363,38 @@ def _is_int_or_single(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-_POOL_COMMON = (
-    where("kernel_size", _is_int_or_pair, _INT_OR_PAIR),
-    where("stride", lambda v: v is None or v in ((), []) or _is_int_or_pair(v), f"None or {_INT_OR_PAIR}", default=None),
-    where("padding", _is_int_or_pair, _INT_OR_PAIR, default=0),
-)
-_MAX_OPTS = _POOL_COMMON + (
-    where("dilation", _is_int_or_pair, _INT_OR_PAIR, default=1),
-    only("ceil_mode", False, True, default=False),
-    only("return_indices", False, default=False),
-)
-_AVG_OPTS = _POOL_COMMON + (
-    only("ceil_mode", False, True, default=False),
-    only("count_include_pad", False, True, default=True),
+def _pool_options(is_size, size_desc: str) -> tuple[tuple, tuple]:
+    """The (max-pool, avg-pool) option specs of pooling whose sizes pass ``is_size`` (1-d or 2-d)."""
+    common = (
+        where("kernel_size", is_size, size_desc),
+        where("stride", lambda v: v is None or v in ((), []) or is_size(v), f"None or {size_desc}", default=None),
+        where("padding", is_size, size_desc, default=0),
+    )
+    max_opts = common + (
+        where("dilation", is_size, size_desc, default=1),
+        only("ceil_mode", False, True, default=False),
+        only("return_indices", False, default=False),
+    )
+    avg_opts = common + (only("ceil_mode", False, True, default=False), only("count_include_pad", False, True, default=True))
+    return max_opts, avg_opts
+
+
+_MAX_OPTS, _AVG_OPTS = _pool_options(_is_int_or_pair, _INT_OR_PAIR)
+_AVG_OPTS += (
     where("divisor_override", lambda v: v is None or (isinstance(v, int) and v > 0), "None or a positive int", default=None),
 )
 register_module(nn.MaxPool2d, OpSpec("nn.MaxPool2d", _pool(F.max_pool2d, ("dilation", "ceil_mode")), _MAX_OPTS))
 register_module(nn.AvgPool2d, OpSpec("nn.AvgPool2d", _pool(F.avg_pool2d, ("ceil_mode", "count_include_pad", "divisor_override")), _AVG_OPTS))
-# F.max_pool2d's positional order puts ceil_mode before return_indices
-register_function(F.max_pool2d, OpSpec("F.max_pool2d", _pool(F.max_pool2d, ("dilation", "ceil_mode")),
-                                        _POOL_COMMON + (_MAX_OPTS[3], _MAX_OPTS[4], _MAX_OPTS[5])))
+# the specs list options in F.max_pool2d's positional order (ceil_mode before return_indices)
+register_function(F.max_pool2d, OpSpec("F.max_pool2d", _pool(F.max_pool2d, ("dilation", "ceil_mode")), _MAX_OPTS))
 register_function(F.avg_pool2d, OpSpec("F.avg_pool2d", _pool(F.avg_pool2d, ("ceil_mode", "count_include_pad", "divisor_override")), _AVG_OPTS))
 _INT = "an int"
-_POOL1_COMMON = (
-    where("kernel_size", _is_int_or_single, _INT),
-    where("stride", lambda v: v is None or v in ((), []) or _is_int_or_single(v), f"None or {_INT}", default=None),
-    where("padding", _is_int_or_single, _INT, default=0),
-)
-_MAX1_OPTS = _POOL1_COMMON + (
-    where("dilation", _is_int_or_single, _INT, default=1),
-    only("ceil_mode", False, True, default=False),
-    only("return_indices", False, default=False),
-)
-_AVG1_OPTS = _POOL1_COMMON + (only("ceil_mode", False, True, default=False), only("count_include_pad", False, True, default=True))
+_MAX1_OPTS, _AVG1_OPTS = _pool_options(_is_int_or_single, _INT)
 _MAX1 = _pool(F.max_pool2d, ("dilation", "ceil_mode"), dims=1)
 _AVG1 = _pool(F.avg_pool2d, ("ceil_mode", "count_include_pad"), dims=1)
 register_module(nn.MaxPool1d, OpSpec("nn.MaxPool1d", _MAX1, _MAX1_OPTS))
 register_module(nn.AvgPool1d, OpSpec("nn.AvgPool1d", _AVG1, _AVG1_OPTS))
-register_function(F.max_pool1d, OpSpec("F.max_pool1d", _MAX1, _MAX1_OPTS[:4] + (_MAX1_OPTS[4], _MAX1_OPTS[5])))
+register_function(F.max_pool1d, OpSpec("F.max_pool1d", _MAX1, _MAX1_OPTS))
 register_function(F.avg_pool1d, OpSpec("F.avg_pool1d", _AVG1, _AVG1_OPTS))
 
 
