@@ -93,7 +93,14 @@ class LineProgress:
 
 def progress(iterable=None, *, desc: str = "", total: int | None = None, initial: int = 0,
              every_percent: float = 10.0, unit: str = "it", leave: bool = False, **tqdm_kwargs):
-    """A tqdm bar on a terminal, else a :class:`LineProgress` (one line per ``every_percent`` %)."""
+    """A tqdm bar on a terminal, else a :class:`LineProgress` (one line per ``every_percent`` %).
+
+    Under torchrun only rank 0 reports (N copies of one bar say nothing more); the other ranks get a silent bar.
+    """
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, initial=initial, unit=unit, disable=True, **tqdm_kwargs)
     if is_interactive():
         from tqdm.auto import tqdm
 

@@ -69,6 +69,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from . import distributed as _dist
+
 # Sacred 0.8.7's sacred/dependencies.py does `import pkg_resources`, which setuptools deprecates with a
 # UserWarning on import. The fix belongs in Sacred (there is no newer release); it is not the user's to act on,
 # so it is filtered here, for this import only. experiments/__init__.py does the same for the experiments.
@@ -479,6 +481,10 @@ def mongo_option(args, run):
 # --------------------------------------------------------------------------- experiment
 
 
+def _drop_no_observers_warning(record: logging.LogRecord) -> bool:
+    return "No observers have been added" not in str(record.msg)
+
+
 class TrackedExperiment(Experiment):
     """A ``sacred.Experiment`` that attaches dng_tgn's observers to every run.
 
@@ -540,6 +546,15 @@ class TrackedExperiment(Experiment):
         flag = mongo_option.get_flag()
         if url and isinstance(run.meta_info.get("options"), dict) and run.meta_info["options"].get(flag):
             run.meta_info["options"][flag] = _redact(url)  # never store a password in the run
+        # under torchrun every process runs the experiment; they join the process group here (before any rank
+        # could write) and only rank 0 gets observers, so the run directory, MongoDB record, checkpoints and
+        # artifacts are written once
+        runtime = run.config.get("runtime") if isinstance(run.config, dict) else None
+        _dist.init_from_env((runtime or {}).get("device") if isinstance(runtime, dict) else None)
+        if not _dist.is_main():
+            # Sacred warns about a run without observers; on a rank > 0 that is the design, not news
+            run.run_logger.addFilter(_drop_no_observers_warning)  # one function: adding it twice is a no-op
+            return run
         if run.unobserved:
             return run
         directory = runs_dir(self.path, self.runs_base)
@@ -679,6 +694,8 @@ def flush_run(run) -> None:
 
 def print_summary(run, text: str) -> None:
     """Print a task's final summary so that it ends up last in the run's output (see :class:`_SummaryLast`)."""
+    if not _dist.is_main():  # rank 0 prints it; N copies of one summary would only confuse
+        return
     if run is not None and any(isinstance(f, _SummaryLast) for f in getattr(run.run_logger, "filters", [])):
         run.dng_summary = text
     else:

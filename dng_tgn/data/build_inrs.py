@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed as dist
 from ..device import resolve_device
 from ..progress import progress
-from .shards import (add_run_arguments, open_output, CorruptShardError, atomic_torch_save, atomic_write_bytes, atomic_write_json,
-                     read_json, shard_ranges)
+from .shards import (add_run_arguments, init_ranks, open_output, CorruptShardError, atomic_torch_save,
+                     atomic_write_bytes, atomic_write_json, read_json, shard_ranges)
 from .siren_fit import coord_grid, fit_sirens, images_to_targets, psnr, to_state_dicts
 from .sources import load_images, to_signed
 
@@ -131,14 +132,16 @@ def build(args) -> Path:
     x = to_signed(images)
     meta = dict(settings, split_points=[args.n_train, args.n_train + args.n_val], image_ids=image_ids,
                 image_shape=list(x.shape[1:]), layout="nfn", w0=30.0, hidden=32, complete=False)
-    atomic_write_json(meta, meta_path)
+    if dist.is_main():
+        atomic_write_json(meta, meta_path)
 
     device = resolve_device(args.device)
     targets = images_to_targets(x)
     coords = coord_grid(x.shape[2], x.shape[3], "ij", device)
     plan = plan_shards(args)
     records = {name: check_done(out, name) for name, *_ in plan}
-    todo = [p for p in plan if records[p[0]] is None][: args.max_shards]
+    todo = dist.my_share([p for p in plan if records[p[0]] is None][: args.max_shards])  # this rank's shards
+    dist.barrier()  # every rank has listed the same unfinished shards before any rank writes one
     total = sum(e - s for _, _, s, e in todo) * args.steps
     t0 = time.time()
     with progress(total=total, unit="step", unit_scale=True, desc="SIREN-steps") as bar:
@@ -156,6 +159,13 @@ def build(args) -> Path:
             records[name] = rec
             bar.set_postfix(psnr=f"{np.mean(rec['psnr']):.1f}dB")
     elapsed = time.time() - t0
+    dist.barrier()  # every rank's shards are on disk
+    if not dist.is_main():
+        print(f"rank {dist.rank()}: fitted {sum(e - s for _, _, s, e in todo)} SIRENs in {elapsed:.1f}s",
+              file=sys.stderr)
+        return out
+    if dist.world_size() > 1:  # the other ranks' shards
+        records = {name: check_done(out, name) for name, *_ in plan}
     if all(r is not None for r in records.values()):
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -174,7 +184,9 @@ def build(args) -> Path:
 
 
 def main(argv=None):
-    build(parse_args(argv))
+    args = parse_args(argv)
+    init_ranks(args)
+    build(args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed as dist
 from ..atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json  # noqa: F401  (re-exported)
 
 
@@ -60,17 +61,35 @@ def apply_preset(args, preset: dict) -> None:
 
 
 def open_output(args, settings: dict) -> Path:
-    """Create --out and refuse to resume a folder that was started with other settings."""
+    """Create --out and refuse to resume a folder that was started with other settings.
+
+    Under torchrun every rank checks the settings (so all fail alike), rank 0 alone clears what a killed run left,
+    and no rank goes on before that is done.
+    """
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob(".*.tmp"), *out.glob("_shards/.*.tmp")]:  # left by a run killed mid-write
-        stale.unlink()
+    if dist.is_main():
+        for stale in [*out.glob(".*.tmp"), *out.glob("_shards/.*.tmp")]:  # left by a run killed mid-write
+            stale.unlink()
     meta_path = out / "meta.json"
     if meta_path.exists():
         old = read_json(meta_path, "meta.json")
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if diff:
             raise ValueError(f"{out} was started with other settings {diff} (old, new); use a new --out")
+    dist.barrier()
     return out
+
+
+def init_ranks(args) -> None:
+    """Join torchrun's process group (NCCL for a CUDA ``--device``, else gloo); nothing in a single process.
+
+    Builders split their shards round-robin over the ranks (:func:`dng_tgn.distributed.my_share`); each shard is
+    still a pure function of (seed, shard), so the folder is the same whatever the number of processes, and
+    rank 0 merges once every rank has passed the final barrier.
+    """
+    from ..device import default_device
+
+    dist.init_from_env(args.device or default_device())
