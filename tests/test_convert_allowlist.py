@@ -390,7 +390,9 @@ def _valid(o):
 @pytest.mark.parametrize("cls", [c for c, s in MODULES.items() if _restricted(s)], ids=lambda c: c.__name__)
 def test_every_restricted_module_option_is_refused(cls):
     spec = MODULES[cls]
-    for bad in _restricted(spec):
+    # options read from other attributes (nn.MultiheadAttention's add_bias_kv is bias_k) cannot be set to <bad> here:
+    # their refusals are tested with real modules (test_convert_vit_b16.py)
+    for bad in [o for o in _restricted(spec) if o.read is None]:
         m = cls.__new__(cls)
         nn.Module.__init__(m)
         for o in spec.options:

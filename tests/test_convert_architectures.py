@@ -10,6 +10,7 @@ leaves the DNG-Encoder's embedding unchanged to 1e-5, and a control that is *not
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import pytest
 import torch
@@ -510,10 +511,14 @@ class _ClassToken(nn.Module):
         return self.head(self.attn(x, x, x, need_weights=False)[0][:, 0])
 
 
-def test_vit_pieces_are_refused_by_name():
-    """Tokens (flatten(2)/transpose), class tokens and nn.MultiheadAttention do not convert (yet): named refusals."""
-    with pytest.raises(UnsupportedOptionError, match=r"start_dim=2 of Tensor.flatten"):
-        dng_tgn.to_event_stream(_ClassToken(), input_shape=(1, 4, 4))
+def test_vit_pieces_convert():
+    """Tokens (flatten(2)/transpose), a class token, learned positions and nn.MultiheadAttention (more: test_convert_vit_b16.py)."""
+    torch.manual_seed(0)
+    _replays(_ClassToken(), (1, 4, 4))
+
+
+def test_unbatched_attention_is_refused():
+    """(B, E) activations are an unbatched sequence to nn.MultiheadAttention: it would attend across the batch."""
 
     class _MHA(nn.Module):
         def __init__(self):
@@ -521,10 +526,11 @@ def test_vit_pieces_are_refused_by_name():
             self.a, self.attn = nn.Linear(3, 4), nn.MultiheadAttention(4, 2)
 
         def forward(self, x):
-            return self.attn(self.a(x))
+            h = self.a(x)
+            return self.attn(h, h, h)[0]
 
-    with pytest.raises(UnsupportedLayerError, match="MultiheadAttention"):
-        dng_tgn.to_event_stream(_MHA())
+    with pytest.raises(UnsupportedLayerError, match="MultiheadAttention.*across the wrong axis"):
+        dng_tgn.to_event_stream(_MHA(), input_shape=(3,))
 
 
 class ShuffleUnitViews(ShuffleUnit):
@@ -573,3 +579,136 @@ def test_layer_scale_of_the_wrong_shape_is_refused():
     model.layer_scale = nn.Parameter(torch.ones(4))  # scales the last axis of (B, C, H, W): not per channel
     with pytest.raises(UnsupportedLayerError, match=r"layer_scale' of shape \(4,\) is not a per-channel scale"):
         dng_tgn.to_event_stream(model, input_shape=(1, 8, 8))
+
+
+# -- torchvision's ConvNeXt pieces without torchvision: LayerNorm2d (matched by behaviour), StochasticDepth (by structure)
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision.models.convnext.LayerNorm2d: a LayerNorm over C of (B, C, H, W) maps."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def stochastic_depth(input, p, mode, training=True):
+    """torchvision.ops.stochastic_depth: drops whole residual branches (per row or batch) while training."""
+    if p < 0.0 or p > 1.0 or mode not in ("batch", "row"):
+        raise ValueError(f"bad stochastic depth p={p} mode={mode}")
+    if not training or p == 0.0:
+        return input
+    size = [input.shape[0]] + [1] * (input.ndim - 1) if mode == "row" else [1] * input.ndim
+    noise = torch.empty(size, dtype=input.dtype, device=input.device).bernoulli_(1.0 - p)
+    return input * noise.div_(1.0 - p) if p < 1.0 else input * noise
+
+
+class StochasticDepth(nn.Module):
+    def __init__(self, p, mode):
+        super().__init__()
+        self.p, self.mode = p, mode
+
+    def forward(self, input):
+        return stochastic_depth(input, self.p, self.mode, self.training)
+
+
+class Permute(nn.Module):
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return torch.permute(x, self.dims)
+
+
+class CNBlock(nn.Module):
+    """torchvision's ConvNeXt block (kernel 7 there; ``k`` here keeps K small for the encoder tests)."""
+
+    def __init__(self, dim, k=7, layer_scale=1.0, p=0.1):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim), Permute([0, 2, 3, 1]),
+                                   nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim),
+                                   Permute([0, 3, 1, 2]))
+        self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1) * layer_scale)
+        self.stochastic_depth = StochasticDepth(p, "row")
+
+    def forward(self, input):
+        result = self.layer_scale * self.block(input)
+        result = self.stochastic_depth(result)
+        result += input
+        return result
+
+
+class TinyConvNeXt(nn.Module):
+    """torchvision's ConvNeXt layout: stem Conv2d + LayerNorm2d, stages of CNBlocks, downsampling LayerNorm2d + Conv2d,
+    average pooling, classifier LayerNorm2d -> Flatten -> Linear."""
+
+    def __init__(self, c=(4, 6), k=7, downsample=True):
+        super().__init__()
+        ln = partial(LayerNorm2d, eps=1e-6)
+        layers = [nn.Sequential(nn.Conv2d(1, c[0], 2, stride=2), ln(c[0])), nn.Sequential(CNBlock(c[0], k))]
+        if downsample:
+            layers += [nn.Sequential(ln(c[0]), nn.Conv2d(c[0], c[1], 2, stride=2)), nn.Sequential(CNBlock(c[1], k))]
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        last = c[1] if downsample else c[0]
+        self.classifier = nn.Sequential(ln(last), nn.Flatten(1), nn.Linear(last, 2))
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.5, 0.5)
+                if isinstance(m, CNBlock):
+                    m.layer_scale.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+def test_torchvision_convnext_layout_replays_exactly():
+    torch.manual_seed(0)
+    stream = _replays(TinyConvNeXt(), (1, 16, 16))
+    params = stream.recover_parameters()
+    assert "features.0.1.weight" in params and "classifier.0.bias" in params  # the LayerNorm2d scales and shifts are there
+    stem = next(g for g in stream.node_groups if g.name == "features.0.0")
+    assert bool(stem.slot_mask[3])  # the stem's LayerNorm2d is also read by the residual sum: normalised in place (norm_out)
+
+
+def test_layernorm2d_is_matched_by_behaviour_not_by_name():
+    from dng_tgn.graph.convert.module import matched_spec
+
+    class ChannelsLastLN(nn.LayerNorm):  # a LayerNorm subclass that normalises the last axis: not a LayerNorm2d
+        def forward(self, x):
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    assert matched_spec(LayerNorm2d(4)) is not None and matched_spec(LayerNorm2d(4)).name == "LayerNorm2d"
+    assert matched_spec(ChannelsLastLN(4)) is None and matched_spec(nn.LayerNorm(4)) is None
+    assert matched_spec(StochasticDepth(0.2, "row")).name == "StochasticDepth"
+    model = nn.Sequential(nn.Conv2d(1, 4, 1), ChannelsLastLN(4), nn.Conv2d(4, 2, 1))
+    with pytest.raises(UnsupportedLayerError, match="F.layer_norm"):  # traced through, and refused by name
+        dng_tgn.to_event_stream(model, input_shape=(1, 4, 4))
+
+
+def test_stochastic_depth_mode_is_checked():
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), StochasticDepth(0.1, "everything"), nn.Conv2d(2, 2, 1))
+    with pytest.raises(UnsupportedOptionError, match="option mode='everything' of StochasticDepth"):
+        dng_tgn.to_event_stream(model, input_shape=(1, 4, 4))
+
+
+def _convnext_channel_edits(p, h):
+    """Stem channels p (stem conv, its LayerNorm2d, the block, the classifier) and the block's MLP hidden units h."""
+    b = "features.1.0"
+    return [("features.0.0.weight", 0, p), ("features.0.0.bias", 0, p), ("features.0.1.weight", 0, p), ("features.0.1.bias", 0, p),
+            (f"{b}.block.0.weight", 0, p), (f"{b}.block.0.bias", 0, p), (f"{b}.block.2.weight", 0, p), (f"{b}.block.2.bias", 0, p),
+            (f"{b}.block.3.weight", 1, p), (f"{b}.block.3.weight", 0, h), (f"{b}.block.3.bias", 0, h), (f"{b}.block.5.weight", 1, h),
+            (f"{b}.block.5.weight", 0, p), (f"{b}.block.5.bias", 0, p), (f"{b}.layer_scale", 0, p),
+            ("classifier.0.weight", 0, p), ("classifier.0.bias", 0, p), ("classifier.2.weight", 1, p)]
+
+
+@pytest.mark.parametrize("left_behind", ["features.0.1.", "classifier.0."], ids=["stem_norm", "classifier_norm"])
+def test_layernorm2d_permutation(left_behind):
+    """Channels permute through both LayerNorm2d kinds (in place at the stem, pre-norm before the classifier); the
+    control leaves one LayerNorm2d's scale and shift behind."""
+    torch.manual_seed(0)
+    model = TinyConvNeXt(c=(4, 4), k=3, downsample=False)
+    edits = _convnext_channel_edits(_rp(4, 8), _rp(16, 9))
+    _symmetry(model, (1, 8, 8), 2, edits, [e for e in edits if not e[0].startswith(left_behind)])

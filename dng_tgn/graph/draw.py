@@ -1,7 +1,8 @@
 """Figures of a whole event stream, for the CLI's ``draw`` and the notebooks.
 
-* :func:`draw_snapshot_colored`: one snapshot G_{t^l}, edges coloured by the weight of one kernel slot, with
-  the colour scale returned for a colourbar; parameter-free edges (attention, residual) drawn grey.
+* :func:`draw_snapshot_colored`: one snapshot G_{t^l}, weight edges coloured by the weight of one kernel slot, with
+  the colour scale returned for a colourbar; every other edge kind in its own colour (:data:`KIND_COLORS`, with a
+  legend): attention's Q and K edges (their weights as opacity), V and score edges, residual and gate edges.
 * :func:`draw_kernel_slots`: every slot of an edge group (the ``h·w`` scalars of a conv kernel, §4.2) as a
   ``dst × src`` heat map on one symmetric colour scale.
 * :func:`draw_timeline`: which node groups are present at which timestamp (a Gantt chart of +V … −V) with the
@@ -19,6 +20,38 @@ import torch
 from .events import EdgeKind, EventStream, Op
 
 
+# Edges that are not plain WEIGHT edges, one colour per kind (a legend names them). Q and K edges carry weights: their
+# opacity follows |w| on the snapshot's colour scale, so which rows are large stays visible.
+KIND_COLORS = {
+    EdgeKind.ATTN_Q: (0.17, 0.63, 0.17),  # green
+    EdgeKind.ATTN_K: (0.58, 0.40, 0.74),  # purple
+    EdgeKind.ATTN_V: (1.00, 0.50, 0.05),  # orange
+    EdgeKind.ATTN_SCORE: (0.74, 0.74, 0.13),  # olive
+    EdgeKind.RESIDUAL: (0.55, 0.55, 0.55),  # grey
+    EdgeKind.GATE: (0.55, 0.34, 0.29),  # brown
+}
+_KIND_LABELS = {EdgeKind.ATTN_Q: "Q (weight: opacity)", EdgeKind.ATTN_K: "K (weight: opacity)", EdgeKind.ATTN_V: "V → Z",
+                EdgeKind.ATTN_SCORE: "score → Z", EdgeKind.RESIDUAL: "residual", EdgeKind.GATE: "gate"}
+
+
+def kind_legend_handles(kinds):
+    """Legend handles for the non-WEIGHT edge kinds in ``kinds``."""
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], color=KIND_COLORS[k], lw=1.5, label=_KIND_LABELS[k]) for k in sorted(set(kinds)) if k in KIND_COLORS]
+
+
+def _edge_color(kind: int, w: float, mappable, norm) -> tuple:
+    kind = EdgeKind(kind)
+    if kind == EdgeKind.WEIGHT:
+        return mappable.to_rgba(w, alpha=0.8)
+    r, g, b = KIND_COLORS.get(kind, (0.6, 0.6, 0.6))
+    if kind in (EdgeKind.ATTN_Q, EdgeKind.ATTN_K):
+        scale = max(abs(norm.vmin), abs(norm.vmax)) or 1.0
+        return (r, g, b, 0.15 + 0.85 * min(abs(w) / scale, 1.0))
+    return (r, g, b, 0.6)
+
+
 def _symmetric_norm(values: torch.Tensor):
     from matplotlib.colors import Normalize
 
@@ -28,9 +61,10 @@ def _symmetric_norm(values: torch.Tensor):
 
 
 def draw_snapshot_colored(stream: EventStream, t: int, ax=None, slot: int = 0, max_nodes_per_group: int = 24,
-                          cmap: str = "coolwarm", norm=None, colorbar: bool = True):
+                          cmap: str = "coolwarm", norm=None, colorbar: bool = True, legend: bool = True):
     """Draw G_{t^t}: node groups as columns (at most ``max_nodes_per_group`` nodes each), weight edges coloured
-    by ``slot``. Returns the ``ScalarMappable`` of the colour scale (``fig.colorbar(returned, ax=ax)``)."""
+    by ``slot``, other edge kinds by :data:`KIND_COLORS` (``legend``: name those present). Returns the
+    ``ScalarMappable`` of the colour scale (``fig.colorbar(returned, ax=ax)``)."""
     import matplotlib.pyplot as plt
     from matplotlib.cm import ScalarMappable
     from matplotlib.collections import LineCollection
@@ -52,12 +86,14 @@ def draw_snapshot_colored(stream: EventStream, t: int, ax=None, slot: int = 0, m
     keep = [i for i, (s, d) in enumerate(zip(src, dst)) if s in pos and d in pos]
     idx = torch.tensor(keep, dtype=torch.long)
     weights = snap.edge_weight[idx, min(slot, snap.edge_weight.shape[1] - 1)] if keep else torch.zeros(0)
+    kinds = snap.edge_kind[idx].tolist() if keep else []
     is_weight = snap.edge_kind[idx] == int(EdgeKind.WEIGHT) if keep else torch.zeros(0, dtype=torch.bool)
     norm = norm or _symmetric_norm(weights[is_weight])
     mappable = ScalarMappable(norm=norm, cmap=plt.get_cmap(cmap))
     segs = [(pos[src[i]], pos[dst[i]]) for i in keep]
-    colors = [mappable.to_rgba(float(w)) if bool(m) else (0.6, 0.6, 0.6, 0.5) for w, m in zip(weights.tolist(), is_weight)]
-    ax.add_collection(LineCollection(segs, colors=colors, linewidths=0.6, alpha=0.8))
+    colors = [_edge_color(k, float(w), mappable, norm) for w, k in zip(weights.tolist(), kinds)]
+    # no collection-wide alpha: it would override the per-edge opacity of the Q/K edges
+    ax.add_collection(LineCollection(segs, colors=colors, linewidths=0.6))
     if pos:
         xs, ys = zip(*pos.values())
         ax.scatter(xs, ys, s=10, c="k", zorder=3)
@@ -68,6 +104,9 @@ def draw_snapshot_colored(stream: EventStream, t: int, ax=None, slot: int = 0, m
     ax.set_axis_off()
     if colorbar:
         ax.figure.colorbar(mappable, ax=ax, shrink=0.7, label="weight")
+    handles = kind_legend_handles(kinds)
+    if legend and handles:
+        ax.legend(handles=handles, fontsize=5, loc="upper right", frameon=False)
     return mappable
 
 
@@ -179,8 +218,11 @@ def draw_stream(stream: EventStream, max_nodes_per_group: int = 16, cols: int = 
     norm = _symmetric_norm(torch.cat(all_w)) if all_w else None
     mappable = None
     for k, ax in enumerate(axes):
-        mappable = draw_snapshot_colored(stream, k + 1, ax=ax, slot=slot, norm=norm, colorbar=False,
+        mappable = draw_snapshot_colored(stream, k + 1, ax=ax, slot=slot, norm=norm, colorbar=False, legend=False,
                                          max_nodes_per_group=max_nodes_per_group)
+    handles = kind_legend_handles(int(e.kind) for e in stream.edge_groups)
+    if handles:  # one legend for the figure: the edge kinds other than plain weights
+        fig.legend(handles=handles, fontsize=7, loc="upper right", ncol=min(len(handles), 6), frameon=False)
     if mappable is not None:
         height = (top - 0.06) * (3.0 * rows) / (3.0 * rows + tl_height)
         cax = fig.add_axes([0.92, top - height, 0.012, height])

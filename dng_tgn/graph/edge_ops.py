@@ -88,10 +88,26 @@ class QueryKey(TokenDense):
 
     @staticmethod
     def meet(parts):
-        terms = {op.role: term for op, term in parts}
-        if set(terms) != {"q", "k"} or len(parts) != 2:
-            raise ValueError(f"score nodes need exactly one q and one k edge group, got {[op.role for op, _ in parts]}")
+        """``q_e k_e^T``, each factor the sum of its role's terms (a projection, plus its bias where there is one)."""
+        terms: dict[str, torch.Tensor] = {}
+        projections = {"q": 0, "k": 0}
+        for op, term in parts:
+            if not isinstance(op, QueryKey) or op.role not in projections:
+                raise ValueError(f"score nodes read only q and k edge groups, got {type(op).__name__}")
+            terms[op.role] = terms[op.role] + term if op.role in terms else term
+            projections[op.role] += not isinstance(op, QueryKeyBias)
+        if projections != {"q": 1, "k": 1}:
+            raise ValueError(f"score nodes need exactly one q and one k projection, got {[op.role for op, _ in parts]}")
         return terms["q"].unsqueeze(-2) * terms["k"].unsqueeze(-3)
+
+
+@dataclass(frozen=True)
+class QueryKeyBias(QueryKey):
+    """The bias of a Q or K row, on an edge from the constant unit node (``x`` is ignored): ``b_q[e]`` joins ``q_e``
+    before the product (a bias is the weight of a constant input of 1). ``nn.MultiheadAttention``'s in_proj_bias."""
+
+    def __call__(self, x, w):
+        return w[:, 0, 0]
 
 
 def _attend(parts):
@@ -157,8 +173,76 @@ class Gate(EdgeOp):
     meet = staticmethod(_gate_meet)
 
 
-def combine(parts):
-    """The activation of a node group from its incoming (op, term) pairs: their sum, unless the ops name a meet."""
+# --- token sequences (ViT): a class token in front of the patch tokens, learned positions added -------------------
+#
+# Both are constants of the network, so they are edges from constant source nodes (present from t^0, like inputs):
+# the class token is a Linear map of a constant 1 (one edge per channel, its weight the token's value), the
+# positional embedding one of a one-hot position (one edge per (position, channel), its weight pos[t, c]). They
+# join the step that computes the patch embedding; the group's activation becomes the token sequence.
+
+
+def _tokens_meet(parts, bias=None):
+    """The patch tokens (a layer's output, plus its bias), class tokens in front, positional embeddings added."""
+    layer = [t for op, t in parts if not isinstance(op, (PrependTokens, AddPositions))]
+    if not layer:
+        raise ValueError("token nodes need the layer output that the class token / positions join")
+    x = layer[0]
+    for t in layer[1:]:
+        x = x + t
+    if x.dim() == 4:  # (B, C, H, W) maps of a patch convolution -> (B, H·W, C) tokens
+        x = x.flatten(2).transpose(1, 2)
+    if bias is not None:
+        x = x + bias
+    for op, t in parts:
+        if isinstance(op, AddPositions) and op.before_prefix:
+            x = x + t
+    prefix = [t for op, t in parts if isinstance(op, PrependTokens)]
+    if prefix:  # a later cat puts its tokens in front of earlier ones
+        x = torch.cat([t.expand(x.shape[0], -1, -1) for t in reversed(prefix)] + [x], dim=1)
+    for op, t in parts:
+        if isinstance(op, AddPositions) and not op.before_prefix:
+            x = x + t
+    return x
+
+
+_tokens_meet.takes_bias = True
+
+
+@dataclass(frozen=True)
+class PrependTokens(EdgeOp):
+    """k constant token nodes -> the channel nodes, ``w[c, t]`` = channel c of token t: a class token (1, k, C) that
+    ``torch.cat([cls.expand(n, -1, -1), x], dim=1)`` puts in front of the tokens ``x``."""
+
+    def __call__(self, x, w):
+        return w[:, :, 0].T.unsqueeze(0)
+
+    meet = staticmethod(_tokens_meet)
+
+
+@dataclass(frozen=True)
+class AddPositions(EdgeOp):
+    """One constant node per token position -> the channel nodes, ``w[c, t]`` = pos[t, c]: a learned positional
+    embedding added to the tokens (``before_prefix``: added to the patch tokens before a class token was put in front)."""
+
+    before_prefix: bool = False
+
+    def __call__(self, x, w):
+        return w[:, :, 0].T.unsqueeze(0)
+
+    meet = staticmethod(_tokens_meet)
+
+
+def takes_bias(parts) -> bool:
+    """Whether the meet of these parts places the node group's bias itself (the patch tokens' bias, before the class
+    token joins them); replay adds the bias after :func:`combine` otherwise."""
+    return any(getattr(getattr(op, "meet", None), "takes_bias", False) for op, _ in parts)
+
+
+def combine(parts, bias=None):
+    """The activation of a node group from its incoming (op, term) pairs: their sum, unless the ops name a meet.
+
+    ``bias`` goes to a meet that places it itself (:func:`takes_bias`); otherwise the caller adds it.
+    """
     meets = {op.meet for op, _ in parts if getattr(op, "meet", None) is not None}
     if not meets:
         total = parts[0][1]
@@ -167,4 +251,5 @@ def combine(parts):
         return total
     if len(meets) > 1:
         raise ValueError(f"edge groups with different meets feed one node group: {[type(op).__name__ for op, _ in parts]}")
-    return meets.pop()(parts)
+    meet = meets.pop()
+    return meet(parts, bias) if getattr(meet, "takes_bias", False) else meet(parts)

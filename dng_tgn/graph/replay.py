@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .edge_ops import Dense, FlattenDense, combine
+from .edge_ops import Conv, Dense, FlattenDense, combine, takes_bias
 from .events import NODE_SLOTS, EdgeKind, EventStream
 from .transforms import apply_all
 
@@ -26,7 +26,8 @@ def _dense_weight(stream: EventStream, e: int) -> torch.Tensor:
     src, dst = stream.edge_index(e)
     w = torch.zeros(d.size, s.size, g.slots)
     # accumulate: a sparse group may list one (dst, src) pair twice (a channel read twice, e.g. torch.cat([x, x]))
-    w.index_put_((dst - d.offset, src - s.offset), stream.edge_features(e)[:, : g.slots], accumulate=True)
+    # the group's own slots, not edge_features (which pads every edge to the stream's K: 256 for a ViT-B/16 patch kernel)
+    w.index_put_((dst - d.offset, src - s.offset), g.weight.reshape(g.num_edges, g.weight.shape[-1])[:, : g.slots], accumulate=True)
     return w
 
 
@@ -49,26 +50,33 @@ def replay(stream: EventStream, x: torch.Tensor, return_activations: bool = Fals
                 if g.dst != dst:
                     continue
                 src = apply_all(g.src_transform, acts[g.src])
-                if g.kind != EdgeKind.RESIDUAL:
-                    src = _layer_norm(stream.node_groups[g.src], _NORM_IN, src)
+                if g.kind != EdgeKind.RESIDUAL:  # a conv (or flatten) reads (B, C, H, W) maps: the norm is over axis 1
+                    maps = src.dim() == 4 and isinstance(g.op, (Conv, FlattenDense))
+                    src = _layer_norm(stream.node_groups[g.src], _NORM_IN, src, channel_axis=1 if maps else -1)
                 w = None if g.weight is None else _dense_weight(stream, e)
                 parts.append((g.op, g.op(src, w)))
-            total = combine(parts)
             node = stream.node_groups[dst]
+            if takes_bias(parts):  # the patch tokens' bias goes in before a class token joins them
+                acts[dst] = _layer_norm(node, _NORM_OUT, combine(parts, node.values[:, _BIAS] if node.slot_mask[_BIAS] else None))
+                continue
+            total = combine(parts)
+            # Linear terms (also channels-last (B, H, W, C) ones) hold channels on the last axis, conv terms on axis 1
+            last = total.dim() != 4 or any(isinstance(op, (Dense, FlattenDense)) for op, _ in parts)
             if node.slot_mask[_BIAS]:
                 bias = node.values[:, _BIAS]
-                # Linear terms (also channels-last (B, H, W, C) ones) hold channels on the last axis, conv terms on axis 1
-                last = total.dim() != 4 or any(isinstance(op, (Dense, FlattenDense)) for op, _ in parts)
                 total = total + (bias if last else bias.view(1, -1, 1, 1))
-            acts[dst] = _layer_norm(node, _NORM_OUT, total)
+            acts[dst] = _layer_norm(node, _NORM_OUT, total, channel_axis=-1 if last else 1)
     out = apply_all(stream.output_transform, acts[stream.output_group])
     return (out, acts) if return_activations else out
 
 
-def _layer_norm(group, slot: int, x: torch.Tensor) -> torch.Tensor:
-    """LayerNorm over the group's nodes (the last axis) with the scale/shift in ``slot``/``slot + 1``, if present."""
+def _layer_norm(group, slot: int, x: torch.Tensor, channel_axis: int = -1) -> torch.Tensor:
+    """LayerNorm over the group's nodes (the last axis, or axis 1 of (B, C, H, W) maps) with the scale/shift in
+    ``slot``/``slot + 1``, if present."""
     if not group.slot_mask[slot]:
         return x
+    if channel_axis != -1:
+        return _layer_norm(group, slot, x.movedim(channel_axis, -1)).movedim(-1, channel_axis)
     return F.layer_norm(x, (group.size,), group.values[:, slot], group.values[:, slot + 1], eps=getattr(group, "norm_eps", 1e-5))
 
 

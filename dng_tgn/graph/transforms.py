@@ -196,3 +196,58 @@ class Permute(Transform):
 
     def __str__(self):
         return f"permute{self.dims}"
+
+
+# The non-linearity *types* a node can carry, for encoders that embed them as node features (Kofinas et al.
+# 2024; the paper's Table 6 ablation). Types only: sin(30·x) and sin(x), or ELU with another alpha, share an
+# entry. "identity": no non-linearity; "other": an Elementwise whose name is not listed here.
+NONLINEARITIES = ("identity", "other", "relu", "leaky_relu", "relu6", "elu", "gelu", "silu", "mish", "softplus",
+                  "tanh", "sigmoid", "hardswish", "hardsigmoid", "sin")
+
+
+def nonlinearity_index(transforms) -> int | None:
+    """Index in :data:`NONLINEARITIES` of the first non-linearity in ``transforms``; None if there is none.
+
+    Affine maps (Scale, Shift), reshapes and pooling are not non-linearities here: pooling acts across a
+    feature map, not on the unit, and max pooling of a ReLU map is still described by the ReLU.
+    """
+    for t in transforms:
+        if isinstance(t, Sine):
+            return NONLINEARITIES.index("sin")
+        if isinstance(t, LeakyReLU):
+            return NONLINEARITIES.index("leaky_relu")
+        if isinstance(t, Elementwise):
+            return NONLINEARITIES.index(t.name) if t.name in NONLINEARITIES else NONLINEARITIES.index("other")
+    return None
+
+
+@dataclass(frozen=True)
+class MapsToTokens(Transform):
+    """(B, C, H, W) maps -> (B, H·W, C) tokens: ``x.flatten(2).transpose(1, 2)`` (a ViT's patch embedding), which is
+    also torchvision's ``x.reshape(n, C, H·W).permute(0, 2, 1)``; the channel nodes stay the nodes."""
+
+    pointwise: ClassVar[bool] = False
+
+    def __call__(self, x):
+        return x.flatten(2).transpose(1, 2)
+
+    def __str__(self):
+        return "tokens"
+
+
+@dataclass(frozen=True)
+class SelectToken(Transform):
+    """(B, L, C) tokens -> (B, C): token ``index`` (``x[:, 0]``, the class token a ViT's head reads).
+
+    A LayerNorm over the channels commutes with it, so it may follow a pre-norm (``keeps_norm``)."""
+
+    pointwise: ClassVar[bool] = False
+    keeps_norm: ClassVar[bool] = True
+
+    index: int
+
+    def __call__(self, x):
+        return x[:, self.index]
+
+    def __str__(self):
+        return f"token[{self.index}]"

@@ -25,8 +25,8 @@ from ..edge_ops import Conv, Dense
 from ..events import EventStream, ParamRef, flat_index
 from .mlp import LinearLayer, mlp_stream
 from .module import (
-    FUNCTIONS, METHODS, MODULES, REQUIRED, Option, OpSpec, any_of, module_stream, only, pointwise, register_function,
-    register_method, register_module, supported_table, where,
+    FUNCTIONS, MATCHERS, METHODS, MODULES, REQUIRED, Option, OpSpec, any_of, matched_spec, module_stream, only, pointwise,
+    register_function, register_matcher, register_method, register_module, supported_table, where,
 )
 from .vit import is_simple_vit_state_dict, vit_stream
 
@@ -327,6 +327,6 @@ __all__ = [
     "to_event_stream", "zoo_cnn_stream", "mlp_stream", "module_stream", "vit_stream", "LinearLayer",
     # the allow-list of the module converter, and how to extend it
     "MODULES", "FUNCTIONS", "METHODS", "OpSpec", "Option", "REQUIRED", "any_of", "only", "where", "pointwise",
-    "register_module", "register_function", "register_method", "supported_table",
+    "register_module", "register_function", "register_method", "supported_table", "MATCHERS", "register_matcher", "matched_spec",
     "batchnorm_fold_plan", "fold_batchnorm_parameters",
 ]

@@ -11,7 +11,13 @@ values the converter reproduces exactly. Before anything runs, every node of the
 and its options are checked; a node that is not listed, or an option outside its supported values, raises
 :class:`UnsupportedLayerError` / :class:`UnsupportedOptionError` naming the node, the op and the option.
 More ops (or your own modules) are added with :func:`register_module`, :func:`register_function` and
-:func:`register_method`.
+:func:`register_method`; :func:`register_matcher` recognises modules by a predicate (torchvision's LayerNorm2d by
+its behaviour, StochasticDepth by its structure) where their type cannot be imported.
+
+Token sequences (ViT, App. E.2): the channel nodes stay the nodes and their activations hold (B, L, C) tokens. A class
+token and a learned positional embedding are edges from constant source nodes (present from t^0) into the patch
+embedding's timestamp (:class:`~dng_tgn.graph.edge_ops.PrependTokens`, :class:`~dng_tgn.graph.edge_ops.AddPositions`);
+``nn.MultiheadAttention`` is built by :func:`~dng_tgn.graph.convert.vit.add_attention`, as SimpleViT's attention.
 """
 from __future__ import annotations
 
@@ -28,8 +34,9 @@ from ...errors import ShapeMismatchError, UnsupportedLayerError, UnsupportedOpti
 from ...nets.siren import Sine as SineModule
 from .. import transforms as T
 from ..builder import StreamBuilder
-from ..edge_ops import Conv, Dense, FlattenDense, Gate, GatedMap, Identity
+from ..edge_ops import AddPositions, Conv, Dense, FlattenDense, Gate, GatedMap, Identity, PrependTokens
 from ..events import NODE_SLOTS, EdgeKind, EventStream, NodeKind, ParamRef, Pattern, flat_index
+from .vit import add_attention
 
 
 # ================================================================================================
@@ -108,6 +115,9 @@ class OpSpec:
         note: one line for the README table.
         constraint: for rules that join options, ``constraint(options)`` returns ``None`` or
             ``(option, supported)`` naming the option that breaks it (e.g. Conv2d's 'same' padding).
+        call_options: a module's call arguments beyond its operands (``nn.MultiheadAttention``'s ``need_weights``),
+            checked like ``options``; ``operands`` then names its tensor arguments (``query``, ``key``, ``value``).
+        tokens: it converts on token sequences (B, L, C) (ViT activations); other ops refuse them by name.
     """
 
     name: str
@@ -118,6 +128,8 @@ class OpSpec:
     note: str = ""
     constraint: Callable[[dict], tuple[str, str] | None] | None = None
     varargs: bool = False  # trailing positional arguments pack into the last option (x.permute(0, 2, 3, 1))
+    call_options: tuple[Option, ...] = ()
+    tokens: bool = False
 
 
 MODULES: dict[type, OpSpec] = {}
@@ -250,24 +262,26 @@ def _fn_name(fn) -> str:
 
 
 for _mod, _fns, _meths, _opts, _make, _note in _ACTIVATIONS:
-    register_module(_mod, OpSpec(f"nn.{_mod.__name__}" if _mod is not SineModule else "Sine", pointwise(_make), _opts, note=_note))
+    register_module(_mod, OpSpec(f"nn.{_mod.__name__}" if _mod is not SineModule else "Sine", pointwise(_make), _opts, note=_note,
+                                 tokens=True))
     for _fn in _fns:
-        register_function(_fn, OpSpec(_fn_name(_fn), pointwise(_make), _without_inplace(_opts, _fn)))
+        register_function(_fn, OpSpec(_fn_name(_fn), pointwise(_make), _without_inplace(_opts, _fn), tokens=True))
     for _m in _meths:
-        register_method(getattr(torch.Tensor, _m), OpSpec(f"Tensor.{_m}", pointwise(_make), inplace=_m.endswith("_")))
-register_function(torch.sin, OpSpec("torch.sin", pointwise(lambda o: _SIN)))
-register_method(torch.Tensor.sin, OpSpec("Tensor.sin", pointwise(lambda o: _SIN)))
+        register_method(getattr(torch.Tensor, _m), OpSpec(f"Tensor.{_m}", pointwise(_make), inplace=_m.endswith("_"), tokens=True))
+register_function(torch.sin, OpSpec("torch.sin", pointwise(lambda o: _SIN), tokens=True))
+register_method(torch.Tensor.sin, OpSpec("Tensor.sin", pointwise(lambda o: _SIN), tokens=True))
 
 # -- no-ops (eval-mode forward) ------------------------------------------------------------------
-register_module(nn.Identity, OpSpec("nn.Identity", _pass_through))
+register_module(nn.Identity, OpSpec("nn.Identity", _pass_through, tokens=True))
 for _drop in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout):
     register_module(_drop, OpSpec(f"nn.{_drop.__name__}", _pass_through, (any_of("p", 0.5), _INPLACE),
-                                  note="identity: the eval-mode forward"))
+                                  note="identity: the eval-mode forward", tokens=_drop is nn.Dropout))
 for _fdrop in (F.dropout, F.dropout2d):
     register_function(_fdrop, OpSpec(
         f"F.{_fdrop.__name__}", _pass_through,
         (any_of("p", 0.5), only("training", False, default=True), _INPLACE),
         note="identity; training=False only (traced with the model in eval mode, so training=self.training works)",
+        tokens=_fdrop is F.dropout,
     ))
 
 
@@ -430,7 +444,7 @@ def _conv_constraint(opts) -> tuple[str, str] | None:
 
 
 _HAS_BIAS = any_of("bias", True, read=lambda m: m.bias is not None)
-register_module(nn.Linear, OpSpec("nn.Linear", _linear_conv, (any_of("in_features"), any_of("out_features"), _HAS_BIAS)))
+register_module(nn.Linear, OpSpec("nn.Linear", _linear_conv, (any_of("in_features"), any_of("out_features"), _HAS_BIAS), tokens=True))
 _CONV_OPTS = (
     any_of("in_channels"), any_of("out_channels"), any_of("kernel_size"), any_of("stride", 1),
     where("padding", lambda v: _is_int_or_pair(v) or _is_int_or_single(v) or v in ("valid", "same"),
@@ -455,6 +469,8 @@ def _sub_conv(cv, node, xs, opts):
 
 def _mul_conv(cv, node, xs, opts):
     a, b = xs
+    if _is_size(a) and _is_size(b):
+        return _int_arith(operator.mul, "operator.mul (*)")(cv, node, xs, opts)  # n_h * n_w: sizes for a reshape
     if isinstance(a, _Param) and isinstance(b, _Activation):
         return cv._layer_scale(node, b, a)
     if isinstance(b, _Param) and isinstance(a, _Activation):
@@ -466,6 +482,10 @@ def _mul_conv(cv, node, xs, opts):
     if isinstance(a, _Activation) and isinstance(b, _Activation):
         return cv._gate(node, a, b)
     raise UnsupportedLayerError(cv._label(node), node.name, "only an activation times a constant number is supported")
+
+
+def _is_size(v) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool)) or v is BATCH
 
 
 def _div_conv(cv, node, xs, opts):
@@ -483,7 +503,7 @@ _ALPHA = where("alpha", _number, "any number", default=1)
 _BINARY = ("input", "other")
 _NOTES = {
     _add_conv: "activation ± constant number (either side); or a residual: a fresh Linear/Conv2d output ± an earlier "
-               "activation (alpha scales the earlier one)",
+               "activation (alpha scales the earlier one); tokens + a learned positional embedding (1, L, C) (ViT)",
     _mul_conv: "activation × constant number; a feature map × its per-channel gate (B, C, 1, 1) (squeeze-and-excitation); "
                "or a per-channel parameter × a fresh layer output (layer scale, folded into the layer)",
     _div_conv: "activation ÷ constant number (constant ÷ activation is refused)",
@@ -503,14 +523,15 @@ for _fn, _name, _conv_fn, _opts, _inplace in (
     (operator.itruediv, "operator.itruediv (/=)", _div_conv, (), True),
     (torch.div, "torch.div", _div_conv, (only("rounding_mode", None, default=None),), False),
 ):
-    register_function(_fn, OpSpec(_name, _conv_fn, _opts, operands=_BINARY, inplace=_inplace, note=_NOTES[_conv_fn]))
+    register_function(_fn, OpSpec(_name, _conv_fn, _opts, operands=_BINARY, inplace=_inplace, note=_NOTES[_conv_fn],
+                                  tokens=_conv_fn in (_add_conv, _sub_conv)))
 for _meth, _conv_fn, _opts in (
     ("add", _add_conv, (_ALPHA,)), ("add_", _add_conv, (_ALPHA,)), ("sub", _sub_conv, (_ALPHA,)), ("sub_", _sub_conv, (_ALPHA,)),
     ("mul", _mul_conv, ()), ("mul_", _mul_conv, ()), ("div", _div_conv, (only("rounding_mode", None, default=None),)),
     ("div_", _div_conv, (only("rounding_mode", None, default=None),)),
 ):
     register_method(getattr(torch.Tensor, _meth), OpSpec(f"Tensor.{_meth}", _conv_fn, _opts, operands=_BINARY, inplace=_meth.endswith("_"),
-                                                         note=_NOTES[_conv_fn]))
+                                                         note=_NOTES[_conv_fn], tokens=_conv_fn in (_add_conv, _sub_conv)))
 register_function(operator.neg, OpSpec("operator.neg (unary -)", _neg_conv, note="−activation"))
 register_function(torch.neg, OpSpec("torch.neg", _neg_conv, note="−activation"))
 register_method(torch.Tensor.neg, OpSpec("Tensor.neg", _neg_conv, note="−activation"))
@@ -528,6 +549,8 @@ def _cat_conv(cv, node, xs, opts):
     acts = xs[0]
     if not isinstance(acts, (tuple, list)) or not acts:
         raise UnsupportedLayerError(cv._label(node), node.name, "it needs a list of activations")
+    if any(isinstance(a, _Param) or (isinstance(a, _Activation) and a.seq) for a in acts):
+        return cv._prepend_tokens(node, list(acts), opts["dim"])  # a class token in front of the patch tokens
     chans = []
     for a in acts:
         a = cv._activation(a, node)
@@ -587,14 +610,25 @@ def _split_conv(cv, node, xs, opts):
     return _split_at(cv, node, x, opts["split_size_or_sections"])
 
 
+def _token_index(v) -> int | None:
+    """k for an index ``(:, k)`` (``x[:, k]``), else None."""
+    if isinstance(v, tuple) and len(v) == 2 and v[0] == slice(None) and isinstance(v[1], int) and not isinstance(v[1], bool):
+        return v[1]
+    return None
+
+
 def _getitem_conv(cv, node, xs, opts):
-    seq = xs[0]
+    seq, index = xs[0], opts["index"]
+    if isinstance(seq, _Activation):
+        return cv._select_token(node, seq, index)  # x[:, 0]: the class token
+    if not isinstance(index, int):
+        raise UnsupportedOptionError("operator.getitem ([])", node.name, "index", index, "an int here (x[:, k] on tokens only)")
     if isinstance(seq, tuple) and all(isinstance(a, int) or a is BATCH for a in seq):
-        return seq[opts["index"]]  # one entry of x.size() / x.shape
-    if not isinstance(seq, tuple) or not all(isinstance(a, _Activation) for a in seq):
+        return seq[index]  # one entry of x.size() / x.shape
+    if not isinstance(seq, tuple) or not all(isinstance(a, (_Activation, _AttentionWeights)) for a in seq):
         raise UnsupportedLayerError("operator.getitem ([])", node.name,
                                     "indexing converts only on the result of torch.chunk/split; index tensors or shapes are not supported")
-    return seq[opts["index"]]
+    return seq[index]
 
 
 def _unflatten_conv(cv, node, xs, opts):
@@ -612,6 +646,8 @@ def _unflatten_conv(cv, node, xs, opts):
 
 def _transpose_conv(cv, node, xs, opts):
     x = cv._activation(xs[0], node)
+    if x.seq:
+        return cv._transpose_tokens(node, x, sorted(d % 3 for d in (opts["dim0"], opts["dim1"])))
     if x.unflat is None or sorted((opts["dim0"], opts["dim1"])) != [1, 2]:
         raise UnsupportedLayerError(cv._label(node), node.name, "transpose converts only as transpose(1, 2) after x.unflatten(1, (g, c)) "
                                     "(a channel shuffle)")
@@ -632,6 +668,10 @@ def _shuffle_flatten(cv, node, x):
 def _flatten12_or_default(conv):
     def convert(cv, node, xs, opts):
         x = cv._activation(xs[0], node)
+        if opts["start_dim"] == 2:
+            if opts["end_dim"] != -1:
+                raise UnsupportedOptionError(cv._label(node), node.name, "end_dim", opts["end_dim"], "-1 with start_dim=2")
+            return cv._maps_to_sequence(node, x)
         if x.unflat is not None:
             if (opts["start_dim"], opts["end_dim"]) != (1, 2):
                 raise UnsupportedLayerError(cv._label(node), node.name, "after unflatten(1, (g, c)) only flatten(1, 2) converts")
@@ -644,7 +684,8 @@ def _flatten12_or_default(conv):
 
 
 register_function(torch.cat, OpSpec("torch.cat", _cat_conv, (only("dim", 1, -1, -3, default=0),), operands=("tensors",),
-                                    note="along channels: the union of the node groups"))
+                                    note="along channels: the union of the node groups; or [class token(s), tokens] on axis 1 "
+                                         "(ViT: the token joins the patch embedding's step)", tokens=True))
 register_function(torch.stack, OpSpec("torch.stack", _stack_conv, (only("dim", 1, 2, default=0),), operands=("tensors",),
                                       note="of (B, C, H, W) maps, merged into channels by a flatten(1, 2) or view next"))
 register_function(torch.chunk, OpSpec("torch.chunk", _chunk_conv, (where("chunks", lambda v: isinstance(v, int) and v >= 1, "a positive int"),
@@ -655,18 +696,24 @@ _SPLIT = (where("split_size_or_sections", lambda v: (isinstance(v, int) and v >=
                 "an int or a list of ints"), only("dim", 1, -1, -3, default=0))
 register_function(torch.split, OpSpec("torch.split", _split_conv, _SPLIT, operands=("tensor",), note="along channels"))
 register_method(torch.Tensor.split, OpSpec("Tensor.split", _split_conv, _SPLIT, note="along channels"))
-register_function(operator.getitem, OpSpec("operator.getitem ([])", _getitem_conv, (where("index", lambda v: isinstance(v, int), "an int"),),
-                                           note="picks one part of torch.chunk/split"))
+register_function(operator.getitem, OpSpec("operator.getitem ([])", _getitem_conv, (
+    where("index", lambda v: isinstance(v, int) or _token_index(v) is not None, "an int; or (:, k) on batch-first tokens"),),
+    note="picks one part of torch.chunk/split or of nn.MultiheadAttention's output; x[:, k] (x[k] seq-first) picks token k "
+         "of a token sequence (a ViT's class token)", tokens=True))
 register_method(torch.Tensor.unflatten, OpSpec("Tensor.unflatten", _unflatten_conv, (
     only("dim", 1), where("sizes", lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(a, int) for a in v), "(groups, channels per group)")),
     note="channel shuffle only: unflatten(1, (g, c)) -> transpose(1, 2) -> flatten(1, 2) relabels the channel nodes"))
-_TRANSPOSE = (where("dim0", lambda v: v in (1, 2), "1 or 2"), where("dim1", lambda v: v in (1, 2), "1 or 2"))
-register_method(torch.Tensor.transpose, OpSpec("Tensor.transpose", _transpose_conv, _TRANSPOSE, note="channel shuffle only (see Tensor.unflatten)"))
-register_function(torch.transpose, OpSpec("torch.transpose", _transpose_conv, _TRANSPOSE, note="channel shuffle only (see Tensor.unflatten)"))
+_TRANSPOSE = (where("dim0", lambda v: v in (0, 1, 2, -1, -2), "0, 1, 2, -2 or -1"), where("dim1", lambda v: v in (0, 1, 2, -1, -2), "0, 1, 2, -2 or -1"))
+_TRANSPOSE_NOTE = ("channel shuffle (see Tensor.unflatten); (1, 2) from x.flatten(2) to (B, L, C) tokens; (0, 1) between batch-first "
+                   "and sequence-first tokens")
+register_method(torch.Tensor.transpose, OpSpec("Tensor.transpose", _transpose_conv, _TRANSPOSE, note=_TRANSPOSE_NOTE, tokens=True))
+register_function(torch.transpose, OpSpec("torch.transpose", _transpose_conv, _TRANSPOSE, note=_TRANSPOSE_NOTE, tokens=True))
 _END_LAST_OR_2 = where("end_dim", lambda v: v in (-1, 2), "-1, or 2 right after x.unflatten(1, (g, c))", default=-1)
-register_function(torch.flatten, OpSpec("torch.flatten", _flatten12_or_default(_flatten_conv), (_START_1, _END_LAST_OR_2)))
-register_method(torch.Tensor.flatten, OpSpec("Tensor.flatten", _flatten12_or_default(_flatten_conv), (_START_1, _END_LAST_OR_2)))
-register_method(torch.Tensor.contiguous, OpSpec("Tensor.contiguous", _pass_through, (only("memory_format", torch.contiguous_format, default=torch.contiguous_format),),
+_START_1_2 = where("start_dim", lambda v: v in (1, 2), "1; or 2 on (B, C, H, W) maps: (B, C, H·W), then transpose(1, 2) to tokens",
+                   default=0, example=1)
+register_function(torch.flatten, OpSpec("torch.flatten", _flatten12_or_default(_flatten_conv), (_START_1_2, _END_LAST_OR_2)))
+register_method(torch.Tensor.flatten, OpSpec("Tensor.flatten", _flatten12_or_default(_flatten_conv), (_START_1_2, _END_LAST_OR_2)))
+register_method(torch.Tensor.contiguous, OpSpec("Tensor.contiguous", _pass_through, tokens=True, options=(only("memory_format", torch.contiguous_format, default=torch.contiguous_format),),
                                                 note="identity"))
 
 
@@ -675,11 +722,12 @@ def _permute_conv(cv, node, xs, opts):
     return cv._permute(node, cv._activation(xs[0], node), opts["dims"])
 
 
-_DIMS = where("dims", lambda v: isinstance(v, (tuple, list)) and all(isinstance(a, int) for a in v), "(0, 2, 3, 1) or (0, 3, 1, 2)")
-register_method(torch.Tensor.permute, OpSpec("Tensor.permute", _permute_conv, (_DIMS,), varargs=True,
-                                             note="to channels-last (0, 2, 3, 1) and back (0, 3, 1, 2), around LayerNorm/Linear"))
-register_function(torch.permute, OpSpec("torch.permute", _permute_conv, (_DIMS,),
-                                        note="to channels-last (0, 2, 3, 1) and back (0, 3, 1, 2), around LayerNorm/Linear"))
+_DIMS = where("dims", lambda v: isinstance(v, (tuple, list)) and all(isinstance(a, int) for a in v),
+              "(0, 2, 3, 1) or (0, 3, 1, 2); (0, 2, 1) or (1, 0, 2) on token sequences")
+_PERMUTE_NOTE = ("to channels-last (0, 2, 3, 1) and back (0, 3, 1, 2), around LayerNorm/Linear; (B, C, L) -> (B, L, C) tokens "
+                 "(0, 2, 1); batch-first <-> sequence-first tokens (1, 0, 2)")
+register_method(torch.Tensor.permute, OpSpec("Tensor.permute", _permute_conv, (_DIMS,), varargs=True, note=_PERMUTE_NOTE, tokens=True))
+register_function(torch.permute, OpSpec("torch.permute", _permute_conv, (_DIMS,), note=_PERMUTE_NOTE, tokens=True))
 
 
 def _layernorm_conv(cv, node, xs, opts):
@@ -690,8 +738,9 @@ def _layernorm_conv(cv, node, xs, opts):
 register_module(nn.LayerNorm, OpSpec("nn.LayerNorm", _layernorm_conv, (
     where("normalized_shape", lambda v: isinstance(v, (tuple, list)) and len(v) == 1, "one axis: the channels (or features)", example=(4,)),
     _float_opt("eps", 1e-5), any_of("elementwise_affine", True), any_of("bias", True, read=lambda m: getattr(m, "bias", None) is not None)),
-    note="over the channel nodes of a Linear/Conv output (channels-last maps or vectors): its scale and shift become "
-         "node features (norm_in slots); only a Linear may read it"))
+    note="over the channel nodes of a Linear/Conv output (channels-last maps, vectors or tokens): its scale and shift become "
+         "node features (norm_in slots); only a Linear (or attention) may read it, and residual sums may read its input",
+    tokens=True))
 
 
 def _param_conv(cv, node, xs, opts):
@@ -712,6 +761,10 @@ def _regroup_conv(cv, node, xs, opts):
     x = cv._activation(xs[0], node)
     sizes = tuple(_concrete(opts["shape"]))
     shape = cv.shapes.get(node.args[0].name) if isinstance(node.args[0], fx.Node) else None
+    if (shape is not None and len(sizes) == 3 and sizes[0] == -1 and len(shape) == 4 and x.spatial and x.dims == 2
+            and x.unflat is None and sizes[1:].count(-1) <= 1 and sizes[1] in (-1, int(shape[1]))
+            and sizes[2] in (-1, int(shape[2]) * int(shape[3]))):
+        return cv._maps_to_sequence(node, x)  # (B, C, H, W) -> (B, C, H·W), as x.flatten(2): torchvision's patch embedding
     if shape is not None and len(sizes) >= 4 and sizes[0] == -1 and x.group is not None:
         spatial = tuple(int(d) for d in shape[-2:])
         if x.unflat is None and x.spatial and x.dims == 2 and len(sizes) == 5 and sizes[3:] == spatial:
@@ -733,7 +786,8 @@ def _regroup_conv(cv, node, xs, opts):
 
 
 _SHAPE = where("shape", lambda v: isinstance(v, (tuple, list)) and all(isinstance(a, int) for a in v),
-                "(-1, n): a flatten(1); or a channel shuffle's (B, g, c, H, W) -> (B, -1, H, W)", example=(-1, 4))
+                "(-1, n): a flatten(1); or a channel shuffle's (B, g, c, H, W) -> (B, -1, H, W); or (B, C, H·W) on maps (as "
+                "flatten(2))", example=(-1, 4))
 for _m in ("view", "reshape"):
     register_method(getattr(torch.Tensor, _m), OpSpec(f"Tensor.{_m}", _regroup_conv, (_SHAPE,), varargs=True,
                                                       note="a flatten(1), or the two views of a channel shuffle"))
@@ -751,11 +805,17 @@ class _Batch:
 BATCH = _Batch()
 
 
+_SIZE_ARITH = (operator.getitem, operator.floordiv, operator.mul, operator.eq)
+
+
 def _shape_nodes(v) -> bool:
-    """Whether ``v`` holds fx nodes that compute sizes (x.size(), x.shape, their entries and integer arithmetic)."""
+    """Whether ``v`` holds fx nodes that compute sizes (x.size(), x.shape, x.dim(), their entries and integer arithmetic)."""
     if isinstance(v, fx.Node):
-        return (v.op == "call_function" and v.target in (getattr, operator.getitem, operator.floordiv)) or \
-            (v.op == "call_method" and v.target == "size")
+        if v.op == "call_method":
+            return v.target in ("size", "dim")
+        if v.op == "call_function" and v.target is getattr:
+            return True
+        return v.op == "call_function" and v.target in _SIZE_ARITH and any(_shape_nodes(a) for a in v.args)
     if isinstance(v, (tuple, list)):
         return any(_shape_nodes(a) for a in v)
     return False
@@ -801,15 +861,154 @@ def _int_arith(fn, name):
     return convert
 
 
-register_method(torch.Tensor.size, OpSpec("Tensor.size", _size_conv, (where("dim", lambda v: v is None or isinstance(v, int), "None or an int", default=None),),
+register_method(torch.Tensor.size, OpSpec("Tensor.size", _size_conv, tokens=True, options=(where("dim", lambda v: v is None or isinstance(v, int), "None or an int", default=None),),
                                           note="sizes for view/reshape arguments (needs input_shape=)"))
-register_function(getattr, OpSpec("getattr", _shape_attr_conv, (only("name", "shape"),), note="x.shape only, for view/reshape arguments"))
-register_function(operator.floordiv, OpSpec("operator.floordiv (//)", _int_arith(operator.floordiv, "operator.floordiv (//)"), operands=_BINARY,
+register_function(getattr, OpSpec("getattr", _shape_attr_conv, (only("name", "shape"),), note="x.shape only, for view/reshape arguments",
+                                  tokens=True))
+register_function(operator.floordiv, OpSpec("operator.floordiv (//)", _int_arith(operator.floordiv, "operator.floordiv (//)"), operands=_BINARY, tokens=True,
                                             note="on sizes only"))
 
 
+
+
+def _dim_conv(cv, node, xs, opts):
+    return len(_size_of(cv, node, xs[0]))
+
+
+def _assert_conv(cv, node, xs, opts):
+    """``torch._assert(cond, message)`` on sizes (torchvision checks image and token shapes): checked now, nothing recorded."""
+    cond = xs[0]
+    if not isinstance(cond, bool):
+        raise UnsupportedLayerError("torch._assert", node.name, "it converts only on conditions about sizes (x.dim() == 3, h == 224)")
+    if not cond:
+        raise ShapeMismatchError(f"the model's own check at '{node.name}' fails for input_shape {cv.input_shape}: {opts['message']}")
+    return None
+
+
+register_method(torch.Tensor.dim, OpSpec("Tensor.dim", _dim_conv, note="the number of axes, for shape checks (needs input_shape=)", tokens=True))
+register_function(operator.eq, OpSpec("operator.eq (==)", _int_arith(operator.eq, "operator.eq (==)"), operands=_BINARY, tokens=True,
+                                      note="on sizes only (shape checks)"))
+register_function(torch._assert, OpSpec("torch._assert", _assert_conv, (any_of("message"),), operands=("condition",), tokens=True,
+                                        note="on sizes only: checked while converting, nothing enters the stream"))
+
+
+def _expand_conv(cv, node, xs, opts):
+    p = xs[0]
+    if not isinstance(p, _Param):
+        raise UnsupportedLayerError("Tensor.expand", node.name, "it converts only on a parameter (a class token "
+                                    "self.cls.expand(n, -1, -1)); expanding activations is not supported")
+    sizes = tuple(opts["size"])
+    shape = tuple(p.value.shape)
+    ok = (len(sizes) == len(shape) == 3 and shape[0] == 1 and sizes[0] is BATCH
+          and all(s in (-1, d) for s, d in zip(sizes[1:], shape[1:])))
+    if not ok:
+        raise UnsupportedOptionError("Tensor.expand", node.name, "size", sizes,
+                                     "(x.shape[0], -1, -1) on a (1, k, C) parameter: the batch axis only")
+    return replace(p, batch_expanded=True)
+
+
+register_method(torch.Tensor.expand, OpSpec("Tensor.expand", _expand_conv, (
+    where("size", lambda v: isinstance(v, (tuple, list)) and all(isinstance(a, int) for a in v),
+          "(batch, -1, -1) on a (1, k, C) parameter", example=(-1, -1, -1)),), varargs=True, tokens=True,
+    note="a class token (1, k, C) expanded over the batch, for torch.cat in front of the tokens"))
+
+
+# -- nn.MultiheadAttention: self-attention on token sequences, built as graph/convert/vit.py builds SimpleViT's ----------
+class _AttentionWeights:
+    """nn.MultiheadAttention's second output (the attention weights), which does not convert."""
+
+    def __repr__(self):
+        return "<attention weights>"
+
+
+ATTENTION_WEIGHTS = _AttentionWeights()
+
+
+def _mha_conv(cv, node, xs, opts):
+    return cv._attention(node, xs, opts)
+
+
+def _mha_constraint(opts):
+    for dim in ("kdim", "vdim"):
+        if opts[dim] != opts["embed_dim"]:
+            return dim, f"embed_dim ({opts['embed_dim']}): query, key and value of one width (in_proj_weight packs Q, K, V)"
+    if opts["embed_dim"] % opts["num_heads"]:
+        return "num_heads", f"a divisor of embed_dim ({opts['embed_dim']})"
+    return None
+
+
+register_module(nn.MultiheadAttention, OpSpec(
+    "nn.MultiheadAttention", _mha_conv,
+    options=(any_of("embed_dim"), any_of("num_heads"), any_of("dropout", 0.0),
+             any_of("bias", True, read=lambda m: getattr(m, "in_proj_bias", None) is not None),
+             only("add_bias_kv", False, default=False, read=lambda m: getattr(m, "bias_k", None) is not None),
+             only("add_zero_attn", False, default=False),
+             Option("kdim", None, None, "embed_dim"), Option("vdim", None, None, "embed_dim"),
+             only("batch_first", False, True, default=False)),
+    operands=("query", "key", "value"),
+    call_options=(only("key_padding_mask", None, default=None), only("need_weights", False, True, default=True),
+                  only("attn_mask", None, default=None), any_of("average_attn_weights", True), only("is_causal", False, default=False)),
+    constraint=_mha_constraint, tokens=True,
+    note="self-attention (query, key, value one tensor) on token sequences, as SimpleViT's attention (README: ViT attention as "
+         "a graph); in_proj_bias: V's on the v nodes, Q's and K's on edges from a constant unit node; dropout is the eval "
+         "identity; only output 0 converts (the attention weights are refused)"))
+
+# -- modules recognised by structure or behaviour, for libraries we do not import (torchvision) -----------------------
+MATCHERS: list[tuple[Callable[[nn.Module], bool], OpSpec]] = []  # (predicate, spec); exact types (MODULES) come first
+
+
+def register_matcher(predicate: Callable[[nn.Module], bool], spec: OpSpec) -> None:
+    """Convert every module for which ``predicate(module)`` holds as ``spec`` (traced as one leaf), whatever its type."""
+    MATCHERS.append((predicate, spec))
+
+
+def matched_spec(m: nn.Module) -> OpSpec | None:
+    for predicate, spec in MATCHERS:
+        if predicate(m):
+            return spec
+    return None
+
+
+def _is_layernorm2d(m: nn.Module) -> bool:
+    """A LayerNorm subclass (torchvision's / timm's LayerNorm2d, ...) whose forward normalises (B, C, H, W) maps over C:
+    checked by running it on a random map against permute -> F.layer_norm -> permute back."""
+    if type(m) is nn.LayerNorm or not isinstance(m, nn.LayerNorm) or len(m.normalized_shape) != 1:
+        return False
+    c = m.normalized_shape[0]
+    x = torch.randn(2, c, 3, 4, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            got = m(x)
+            want = F.layer_norm(x.permute(0, 2, 3, 1), m.normalized_shape, m.weight, m.bias, m.eps).permute(0, 3, 1, 2)
+    except Exception:
+        return False
+    return got.shape == want.shape and bool(torch.allclose(got, want, atol=1e-5, rtol=1e-4))
+
+
+def _layernorm2d_conv(cv, node, xs, opts):
+    m = cv.modules[node.target]
+    return cv._layer_norm(node, cv._activation(xs[0], node), m.weight, getattr(m, "bias", None), m.eps, channels_first=True)
+
+
+def _is_stochastic_depth(m: nn.Module) -> bool:
+    """torchvision.ops.StochasticDepth by its structure: the class name, ``p`` and ``mode``; no parameters."""
+    return type(m).__name__ == "StochasticDepth" and hasattr(m, "p") and hasattr(m, "mode") and not any(True for _ in m.parameters())
+
+
+register_matcher(_is_layernorm2d, OpSpec("LayerNorm2d", _layernorm2d_conv, (
+    where("normalized_shape", lambda v: isinstance(v, (tuple, list)) and len(v) == 1, "one axis: the channels", example=(4,)),
+    _float_opt("eps", 1e-5), any_of("elementwise_affine", True), any_of("bias", True, read=lambda m: getattr(m, "bias", None) is not None)),
+    note="matched by behaviour: any nn.LayerNorm subclass whose forward normalises (B, C, H, W) maps over C (torchvision's "
+         "LayerNorm2d); its scale and shift become node features of the channel nodes; Conv2d and Linear may read it"))
+register_matcher(_is_stochastic_depth, OpSpec("StochasticDepth", _pass_through, (
+    any_of("p"), only("mode", "batch", "row")),
+    note="matched by structure (a parameter-free module named StochasticDepth with p and mode, torchvision.ops): the "
+         "identity, its eval-mode forward", tokens=True))
+
+
 # what dng_tgn itself registers, before any user registration (the README documents this set)
-_BUILT_IN = {"module": dict(MODULES), "function": dict(FUNCTIONS), "tensor method": dict(METHODS)}
+_BUILT_IN = {"module": dict(MODULES), "matched module": dict(enumerate(MATCHERS)), "function": dict(FUNCTIONS),
+             "tensor method": dict(METHODS)}
 
 
 def supported_table(built_in_only: bool = False) -> str:
@@ -820,15 +1019,17 @@ def supported_table(built_in_only: bool = False) -> str:
 
     def opts(spec):
         parts = []
-        for o in spec.options:
+        for o in spec.options + spec.call_options:
             d = "" if o.default is REQUIRED else f"; default `{o.default!r}`"
-            parts.append(f"`{o.name}`: {o.supported}{d}")
+            call = "call " if o in spec.call_options else ""
+            parts.append(f"{call}`{o.name}`: {o.supported}{d}")
         return "<br>".join(parts) or "—"
 
     rows: dict[tuple, list[str]] = {}
-    live = {"module": MODULES, "function": FUNCTIONS, "tensor method": METHODS}
+    live = {"module": MODULES, "matched module": dict(enumerate(MATCHERS)), "function": FUNCTIONS, "tensor method": METHODS}
     for kind, table in (_BUILT_IN if built_in_only else live).items():
         for spec in table.values():
+            spec = spec[1] if isinstance(spec, tuple) else spec
             rows.setdefault((kind, opts(spec), spec.note), []).append(f"`{spec.name}`")
     lines = ["| kind | ops | options (supported values; default) | notes |", "| --- | --- | --- | --- |"]
     lines += [f"| {kind} | {', '.join(names)} | {o} | {note} |" for (kind, o, note), names in rows.items()]
@@ -839,8 +1040,13 @@ def supported_table(built_in_only: bool = False) -> str:
 # The converter
 # ================================================================================================
 class _Tracer(fx.Tracer):
+    def trace(self, root, *args, **kwargs):
+        # matchers may run a module (LayerNorm2d's behaviour check): do it before torch.fx intercepts module calls
+        self.matched = {id(m): matched_spec(m) for m in root.modules()} if isinstance(root, nn.Module) else {}
+        return super().trace(root, *args, **kwargs)
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return type(m) in MODULES or super().is_leaf_module(m, qualname)
+        return type(m) in MODULES or self.matched.get(id(m)) is not None or super().is_leaf_module(m, qualname)
 
 
 @dataclass(frozen=True)
@@ -864,7 +1070,11 @@ class _Activation:
     parts: tuple = ()
     unflat: tuple | None = None  # after x.unflatten(1, (g, c)): (g, c, transposed)
     channels_last: bool = False  # the model holds (B, H, W, C) (x.permute(0, 2, 3, 1)); channels are still the nodes
-    normed: bool = False  # a LayerNorm sits in the group's norm_in slots: only a Linear may read it next
+    normed: bool = False  # a LayerNorm sits in the group's norm_in slots: only a Linear (a Conv after LayerNorm2d) reads it next
+    # A token sequence (ViT). "cf": the model holds (B, C, L) (maps after x.flatten(2)); "bf": (B, L, C) batch-first
+    # tokens; "sf": (L, B, C) sequence-first ones. The stream always holds tokens batch-first; the channels are the nodes.
+    seq: str | None = None
+    tokens_joined: str = ""  # what joined the group's step (the patch embedding): "c" class token(s), "p" positions
 
 
 @dataclass(frozen=True)
@@ -873,6 +1083,7 @@ class _Param:
 
     name: str
     value: torch.Tensor
+    batch_expanded: bool = False  # self.cls.expand(n, -1, -1): a class token ready for torch.cat
 
 
 COMPOSITE = -1  # _Activation.group of a channel selection/union (see ``parts``)
@@ -895,6 +1106,8 @@ class _Converter:
         self.input_group: int | None = None
         self.shapes: dict[str, torch.Size] = {}
         self.bound: dict[str, _Bound] = {}
+        self.groups: dict[str, int | None] = {}  # fx node -> the node group its activation lives in
+        self.constants: dict[str, int] = {}  # constant source groups (class tokens, positions, the unit node of q/k biases)
 
     # -- entry ---------------------------------------------------------------------------------------------
     def run(self) -> EventStream:
@@ -922,6 +1135,8 @@ class _Converter:
                 output = self._arg(env, node.args[0], node)
             else:
                 env[node.name] = self._visit(node, env)
+                if isinstance(env[node.name], _Activation):
+                    self.groups[node.name] = env[node.name].group
         if isinstance(output, _Activation) and (output.parts or output.unflat is not None):
             raise UnsupportedLayerError(type(self.model).__name__, "output", "the network output is a concatenation or channel "
                                         "selection; end the network with a layer with weights")
@@ -934,6 +1149,10 @@ class _Converter:
             transforms += (T.Reshape((-1, *output.pooled_keepdim)),)  # the network returns (B, C, 1, 1) or (B, C, 1)
         if output.spatial and output.dims == 1:
             transforms += (T.Reshape((self.b.node_groups[output.group].size, -1)),)  # (B, C, L, 1) -> (B, C, L)
+        if output.seq == "cf":
+            transforms += (T.Reshape((self.b.node_groups[output.group].size, -1)),)  # (B, C, H, W) -> (B, C, H·W)
+        elif output.seq == "sf":
+            transforms += (T.Permute((1, 0, 2)),)  # the stream holds tokens batch-first
         return self.b.build(output=output.group, output_transform=transforms, input_shape=self.input_shape)
 
     # -- the allow-list check ------------------------------------------------------------------------------
@@ -951,10 +1170,10 @@ class _Converter:
     def _bind(self, node: fx.Node) -> _Bound:
         if node.op == "call_module":
             m = self.modules[node.target]
-            spec = MODULES.get(type(m))
+            spec = MODULES.get(type(m)) or matched_spec(m)
             if spec is None:
                 raise UnsupportedLayerError(type(m).__name__, node.target, REFUSED_HINTS.get(type(m)) or _supported_hint("modules"))
-            if len(node.args) != 1 or node.kwargs:
+            if not spec.call_options and (len(node.args) != 1 or node.kwargs):
                 raise UnsupportedLayerError(spec.name, node.target, "a module call takes exactly one input")
             opts = {}
             for o in spec.options:
@@ -963,7 +1182,10 @@ class _Converter:
                     raise UnsupportedOptionError(type(m).__name__, node.target, o.name, value, o.supported)
                 opts[o.name] = value
             self._check_constraint(spec, type(m).__name__, node.target, opts)
-            return _Bound(spec, type(m).__name__, tuple(node.args), opts)
+            if not spec.call_options:
+                return _Bound(spec, type(m).__name__, tuple(node.args), opts)
+            operands, call = self._bind_call(type(m).__name__, node, replace(spec, options=spec.call_options, varargs=False))
+            return _Bound(spec, type(m).__name__, operands, {**opts, **call})
         if node.op == "call_function":
             spec = FUNCTIONS.get(node.target)
             label = spec.name if spec else _fn_name(node.target) if callable(node.target) else str(node.target)
@@ -980,6 +1202,12 @@ class _Converter:
             return _Bound(_PARAM_SPEC, f"tensor attribute '{node.target}'", (), {"target": node.target})
         else:
             raise UnsupportedLayerError(node.op, node.name, "only modules, functions and tensor methods are supported")
+        operands, opts = self._bind_call(label, node, spec)
+        self._check_constraint(spec, label, node.name, opts)
+        return _Bound(spec, label, operands, opts)
+
+    def _bind_call(self, label: str, node: fx.Node, spec: OpSpec) -> tuple[tuple, dict]:
+        """The call's arguments as ``spec.operands`` (values in order) and checked ``spec.options``."""
         names = spec.operands + tuple(o.name for o in spec.options)
         args = tuple(node.args)
         if spec.varargs and len(args) > len(names):
@@ -1005,12 +1233,12 @@ class _Converter:
                 opts[o.name] = value  # sizes read from x.size()/x.shape: checked once they are known (_visit)
                 continue
             if isinstance(value, fx.Node):
-                raise UnsupportedOptionError(label, node.name, o.name, value.name, "a constant (not computed from the input)")
+                raise UnsupportedOptionError(label, node.name, o.name, value.name,
+                                             o.supported if o.check is not None else "a constant (not computed from the input)")
             if not o.allows(value):
                 raise UnsupportedOptionError(label, node.name, o.name, value, o.supported)
             opts[o.name] = value
-        self._check_constraint(spec, label, node.name, opts)
-        return _Bound(spec, label, tuple(given[k] for k in spec.operands), opts)
+        return tuple(given[k] for k in spec.operands), opts
 
     @staticmethod
     def _check_constraint(spec: OpSpec, label: str, position: str, opts: dict) -> None:
@@ -1084,6 +1312,12 @@ class _Converter:
             return a
 
         xs = [value(a) for a in bound.operands]
+        if not bound.spec.tokens:
+            for a in _flat(xs):
+                if isinstance(a, _Activation) and a.seq:
+                    raise UnsupportedLayerError(bound.label, self._position(node), "it does not convert on token sequences "
+                                                "(B, L, C); on tokens convert: Linear, LayerNorm, nn.MultiheadAttention, pointwise "
+                                                "activations, dropout, residual sums, x[:, k] (README: 'What converts')")
         opts = bound.options
         if any(_shape_nodes(v) for v in opts.values()):
             opts = {k: value(v) for k, v in opts.items()}
@@ -1106,8 +1340,9 @@ class _Converter:
         if x.unflat is not None:
             raise UnsupportedLayerError(str(t), where, "it follows an unflatten of the channel axis; only a channel shuffle "
                                         "(unflatten(1, (g, c)) -> transpose(1, 2) -> flatten(1, 2)) converts")
-        if x.normed:
-            raise UnsupportedLayerError(str(t), where, "only a Linear may read a LayerNorm's output")
+        if x.normed and not getattr(t, "keeps_norm", False):
+            raise UnsupportedLayerError(str(t), where, "only a Linear (or, after a channels-first LayerNorm2d, a Conv) "
+                                        "may read a LayerNorm's output directly")
         if x.parts:
             parts = tuple((self._then(base, t, node), idx) for base, idx in x.parts)
             return replace(x, parts=parts, fresh=False)
@@ -1295,22 +1530,48 @@ class _Converter:
                          src_transform=b.transforms)
         return _Activation(group=p, step=step, spatial=a.spatial, dims=a.dims, pooled_keepdim=a.pooled_keepdim)
 
-    def _layer_norm(self, node, x: _Activation, weight, bias, eps: float) -> _Activation:
-        """LayerNorm over the channel nodes: its scale and shift go into the group's norm_in slots (node features)."""
+    def _layer_norm(self, node, x: _Activation, weight, bias, eps: float, channels_first: bool = False) -> _Activation:
+        """LayerNorm over the channel nodes: its scale and shift become node features of the group it normalises.
+
+        As a pre-norm (``norm_in`` slots, applied by the layers that read the group; residual edges skip it) when one layer
+        reads its output, the usual case (x + attn(ln(x))); in place (``norm_out`` slots, applied where the group is
+        computed) when its output is also read by a residual sum or by several ops (ConvNeXt's stem). ``channels_first``:
+        over axis 1 of (B, C, H, W) maps (torchvision's LayerNorm2d), else over the last axis.
+        """
         label, pos = self._label(node), self._position(node)
-        if x.group in (None, COMPOSITE) or x.parts or x.normed or x.flatten_hw is not None or x.unflat is not None:
+        if x.group in (None, COMPOSITE) or x.parts or x.normed or x.flatten_hw is not None or x.unflat is not None or x.seq == "cf":
             raise UnsupportedLayerError(label, pos, "a LayerNorm converts on a layer's channels only")
-        if x.spatial or x.pooled_keepdim:
+        if channels_first and not ((x.spatial and x.dims == 2 and not x.channels_last) or x.pooled_keepdim == (1, 1)):
+            raise UnsupportedLayerError(label, pos, "a channels-first LayerNorm converts on a layer's (B, C, H, W) maps only")
+        if not channels_first and (x.spatial or x.pooled_keepdim):
             raise UnsupportedLayerError(label, pos, "a LayerNorm normalises the last axis: permute feature maps to channels-last "
                                         "(x.permute(0, 2, 3, 1)) first")
         g = self.b.node_groups[x.group]
-        if g.slot_mask[NODE_SLOTS.index("norm_in_weight")]:
+        out_readers = _readers(node)
+        in_place = len(out_readers) != 1 or _is_add(out_readers[0])
+        slot = NODE_SLOTS.index("norm_out_weight" if in_place else "norm_in_weight")
+        if g.slot_mask[slot]:
             raise UnsupportedLayerError(label, pos, f"'{g.name}' is already normalised")
-        src = node.args[0]
-        chain = [src] + ([src.args[0]] if src.op in ("call_method", "call_function") and src.args and isinstance(src.args[0], fx.Node) else [])
-        if any(len(n.users) != 1 for n in chain):
-            raise UnsupportedLayerError(label, pos, f"'{src.name}' is also read without the LayerNorm")
-        w_slot, b_slot = NODE_SLOTS.index("norm_in_weight"), NODE_SLOTS.index("norm_in_bias")
+        other_eps = g.slot_mask[NODE_SLOTS.index("norm_in_weight")] or g.slot_mask[NODE_SLOTS.index("norm_out_weight")]
+        if other_eps and g.norm_eps != float(eps):
+            raise UnsupportedLayerError(label, pos, f"'{g.name}' already carries a LayerNorm with eps={g.norm_eps}, this one has {eps}")
+        if in_place and (x.transforms or any(e.src == x.group for e in self.b.edge_groups)):
+            raise UnsupportedLayerError(label, pos, "its output is read by a residual sum or by several ops, so it must normalise "
+                                        "the group in place: it must follow the layer (or residual sum) directly")
+        # norm_in: every non-residual reader of the group applies it, so nothing else may read the group on the way from the
+        # layer to this LayerNorm but residual sums (pre-norm blocks: x + attn(ln(x))), whose edges skip it.
+        # norm_out: every reader sees the normalised value, so nothing else may read the group at all.
+        src, nxt = node.args[0], node
+        while isinstance(src, fx.Node) and self.groups.get(src.name) == x.group:
+            for u in _readers(src):
+                other = [a for a in (*u.args, *u.kwargs.values()) if a is not src]
+                residual = _is_add(u) and len(other) == 1 and isinstance(other[0], fx.Node) and other[0].op != "get_attr"
+                if u is not nxt and (in_place or not residual):
+                    raise UnsupportedLayerError(label, pos, f"'{src.name}' is also read without the LayerNorm (by '{u.name}'); "
+                                                "only residual sums may read a (pre-norm) LayerNorm's input")
+            nxt = src
+            src = src.args[0] if src.op != "placeholder" and src.args else None
+        w_slot, b_slot = slot, slot + 1
         g.values = g.values.clone()
         g.values[:, w_slot] = torch.ones(g.size) if weight is None else weight.detach().float()
         g.values[:, b_slot] = torch.zeros(g.size) if bias is None else bias.detach().float()
@@ -1321,12 +1582,18 @@ class _Converter:
                      for k, p, sl in (("weight", weight, w_slot), ("bias", bias, b_slot)) if p is not None)
         g.params = g.params + refs
         g.norm_eps = float(eps)
-        return replace(x, normed=True, fresh=False)
+        return replace(x, fresh=False) if in_place else replace(x, normed=True, fresh=False)
 
     def _permute(self, node, x: _Activation, dims) -> _Activation:
         label, pos = self._label(node), self._position(node)
+        if x.seq and len(dims) == 3:
+            d = tuple(int(a) % 3 for a in dims)
+            if d == (0, 2, 1):
+                return self._transpose_tokens(node, x, [1, 2])
+            if d == (1, 0, 2):
+                return self._transpose_tokens(node, x, [0, 1])
         dims = tuple(int(d) % 4 for d in dims) if len(dims) == 4 else tuple(dims)
-        single = len(node.args[0].users) == 1 if isinstance(node.args[0], fx.Node) else False
+        single = len(_readers(node.args[0])) == 1 if isinstance(node.args[0], fx.Node) else False
         ok = x.group not in (None, COMPOSITE) and not x.parts and x.unflat is None and x.flatten_hw is None and not x.normed
         if ok and dims == (0, 2, 3, 1) and x.spatial and x.dims == 2 and not x.channels_last:
             if x.transforms and x.transforms[-1] == T.Permute((0, 3, 1, 2)):  # a permute back and forth cancels
@@ -1337,6 +1604,121 @@ class _Converter:
                 return replace(x, transforms=x.transforms[:-1], spatial=True, dims=2, channels_last=False, fresh=x.fresh and single)
             return replace(x, transforms=x.transforms + (T.Permute(dims),), spatial=True, dims=2, channels_last=False, fresh=x.fresh and single)
         raise UnsupportedOptionError(label, pos, "dims", dims, "(0, 2, 3, 1) on (B, C, H, W) maps of a layer, or (0, 3, 1, 2) back")
+
+    # -- token sequences (ViT): patch tokens, class tokens, positions, attention, the class token's read -------------
+    def _maps_to_sequence(self, node, x: _Activation) -> _Activation:
+        """``x.flatten(2)`` / ``x.reshape(n, C, H·W)`` on a layer's (B, C, H, W) maps: the model holds (B, C, L) and only a
+        transpose to (B, L, C) tokens may follow (the nodes stay the channels)."""
+        if x.group in (None, COMPOSITE) or x.parts or not x.spatial or x.dims != 2 or x.unflat is not None or x.normed or x.seq:
+            raise UnsupportedLayerError(self._label(node), self._position(node),
+                                        "it converts on a layer's (B, C, H, W) maps only, as (B, C, H·W) for a patch embedding")
+        single = isinstance(node.args[0], fx.Node) and len(_readers(node.args[0])) == 1
+        return replace(x, spatial=False, dims=None, seq="cf", fresh=x.fresh and single)
+
+    def _transpose_tokens(self, node, x: _Activation, dims) -> _Activation:
+        single = isinstance(node.args[0], fx.Node) and len(_readers(node.args[0])) == 1
+        if x.seq == "cf" and list(dims) == [1, 2]:
+            return replace(x, seq="bf", transforms=x.transforms + (T.MapsToTokens(),), fresh=x.fresh and single)
+        if x.seq in ("bf", "sf") and list(dims) == [0, 1]:
+            return replace(x, seq="sf" if x.seq == "bf" else "bf", fresh=x.fresh and single)
+        raise UnsupportedOptionError(self._label(node), self._position(node), "dims", tuple(dims),
+                                     "(1, 2) from (B, C, L) to (B, L, C) tokens, or (0, 1) between batch-first and sequence-first tokens")
+
+    def _joinable(self, node, x, what: str) -> None:
+        """A class token or positional embedding joins the step of the layer that made the patch tokens: it must be that
+        layer's fresh output (reshaped to tokens at most), which nothing has read yet."""
+        ok = (isinstance(x, _Activation) and x.seq == "bf" and x.group not in (None, COMPOSITE) and not x.parts and x.fresh
+              and not x.normed and x.transforms in ((), (T.MapsToTokens(),))
+              and not any(e.src == x.group for e in self.b.edge_groups))
+        if not ok:
+            raise UnsupportedLayerError(self._label(node), self._position(node),
+                                        f"{what} converts only on the (B, L, C) tokens of the patch embedding: the output of a "
+                                        "Conv2d (reshaped to tokens) or Linear that nothing else reads first")
+
+    def _constant_group(self, name: str, size: int) -> int:
+        """A constant source node group (present from t^0, like the inputs): its out-edges carry parameters."""
+        if name not in self.constants:
+            self.constants[name] = self.b.add_inputs(name, size)
+        elif self.b.node_groups[self.constants[name]].size != size:
+            raise ShapeMismatchError(f"'{name}' is read with {size} and with {self.b.node_groups[self.constants[name]].size} tokens")
+        return self.constants[name]
+
+    def _token_edges(self, node, p: _Param, x: _Activation, op) -> None:
+        """Edges from one constant node per token of ``p`` ((1, k, C) or (k, C)) to the channel nodes, ``w[c, t] = p[t, c]``."""
+        c = self.b.node_groups[x.group].size
+        v = p.value.detach().float()
+        v = v[0] if v.dim() == 3 and v.shape[0] == 1 else v
+        if v.dim() != 2 or v.shape[1] != c:
+            raise UnsupportedLayerError(self._label(node), self._position(node), f"the parameter '{p.name}' of shape "
+                                        f"{tuple(p.value.shape)} is not (1, k, {c}) tokens of the {c} channels")
+        k = v.shape[0]
+        src = self._constant_group(p.name, k)
+        ref = ParamRef(p.name, tuple(p.value.shape), flat_index((k, c)).T.unsqueeze(-1))
+        self.b.add_edges(p.name, src, x.group, op, v.T.unsqueeze(-1), params=(ref,), step=x.step)
+
+    def _prepend_tokens(self, node, acts: list, dim) -> _Activation:
+        """``torch.cat([cls.expand(n, -1, -1), x], dim=1)``: class token(s) in front of the patch tokens."""
+        *params, x = acts
+        if dim != 1 or not params or not all(isinstance(p, _Param) for p in params) or not isinstance(x, _Activation):
+            raise UnsupportedLayerError(self._label(node), self._position(node), "on token sequences torch.cat converts only as "
+                                        "[class token(s), tokens] on axis 1; concatenating activations of tokens is not supported")
+        for p in params:
+            if not p.batch_expanded:
+                raise UnsupportedLayerError(self._label(node), self._position(node), f"the class token '{p.name}' must be "
+                                            "expanded over the batch first (expand(n, -1, -1))")
+        self._joinable(node, x, "a class token")
+        for p in reversed(params):  # the meet puts later-added tokens in front
+            self._token_edges(node, p, x, PrependTokens())
+        return replace(x, transforms=(), tokens_joined=x.tokens_joined + "c")
+
+    def _add_positions(self, node, x, p: _Param) -> _Activation:
+        """``tokens + pos``: a learned positional embedding (1, L, C) joins the patch embedding's step."""
+        self._joinable(node, x, "a positional embedding")
+        self._token_edges(node, p, x, AddPositions(before_prefix="c" not in x.tokens_joined))
+        return replace(x, transforms=(), tokens_joined=x.tokens_joined + "p")
+
+    def _select_token(self, node, x: _Activation, index) -> _Activation:
+        """``x[:, k]`` on batch-first tokens (``x[k]`` sequence-first): token k of every channel node, e.g. the class token."""
+        k = _token_index(index) if x.seq == "bf" else index if x.seq == "sf" and isinstance(index, int) else None
+        if k is None or x.group in (None, COMPOSITE) or x.parts:
+            raise UnsupportedOptionError(self._label(node), self._position(node), "index", index,
+                                         "(:, k) on batch-first tokens, k on sequence-first ones: one token of a layer's output")
+        return replace(x, transforms=x.transforms + (T.SelectToken(k),), seq=None, fresh=False)
+
+    def _attention(self, node, xs, opts):
+        """nn.MultiheadAttention as graph/convert/vit.py builds SimpleViT's attention (t^a, t^b), then out_proj (t^c)."""
+        label, pos = self._label(node), self._position(node)
+        q, k, v = self.bound[node.name].operands
+        if not (q is k is v):
+            raise UnsupportedLayerError(label, pos, "only self-attention converts: query, key and value must be one tensor")
+        for u in node.users:
+            if not (u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)):
+                raise UnsupportedLayerError(label, pos, f"its output tuple is read as a whole by '{u.name}'; index it ([0])")
+            if u.args[1] == 1 and _readers(u):
+                raise UnsupportedLayerError(label, pos, f"the attention weights (output 1, read by '{_readers(u)[0].name}') do "
+                                            "not convert (need_weights); only the attention output (output 0) does")
+        x = self._activation(xs[0], node)
+        m = self.module(node)
+        want = "bf" if m.batch_first else "sf"
+        if x.seq != want:
+            have = {"bf": "batch-first (B, L, E) tokens", "sf": "sequence-first (L, B, E) tokens",
+                    "cf": "a (B, E, L) sequence"}.get(x.seq, "no token sequence (unbatched input attends across the batch)")
+            raise UnsupportedLayerError(label, pos, f"batch_first={m.batch_first} reads {'(B, L, E)' if m.batch_first else '(L, B, E)'} "
+                                        f"tokens but gets {have}; attention would run across the wrong axis")
+        if x.group in (None, COMPOSITE) or x.parts:
+            raise UnsupportedLayerError(label, pos, "it reads the tokens of one layer's output")
+        name, heads, dh = node.target, m.num_heads, m.embed_dim // m.num_heads
+        bias = m.in_proj_bias
+        z_groups = add_attention(
+            self.b, x.group, heads, m.in_proj_weight.detach().float(), param=f"{name}.in_proj_weight", node_prefix=name,
+            proj_name=f"{name}.in_proj_weight", reads_x=x.transforms, b_qkv=None if bias is None else bias.detach().float(),
+            bias_param=f"{name}.in_proj_bias", one=None if bias is None else self._constant_group("bias_unit", 1))
+        step = len(self.b.steps)
+        joined = self._select(None, [(_Activation(group=g, step=step, seq="bf"), i) for g in z_groups for i in range(dh)])
+        w = m.out_proj.weight
+        out = self._weighted(f"{name}.out_proj", joined, w.detach().unsqueeze(-1), 1, Dense(), m.out_proj.bias, tuple(w.shape),
+                             spatial=False)
+        return replace(out, seq=x.seq), ATTENTION_WEIGHTS
 
     def _layer_scale(self, node, x: _Activation, p: _Param) -> _Activation:
         """``gamma * y`` with a per-channel parameter ``gamma`` and a fresh layer output ``y``: folded into the layer
@@ -1381,16 +1763,19 @@ class _Converter:
             op = FlattenDense(h, wd)
             wref = ParamRef(f"{name}.weight", (out_f, in_f), flat_index((out_f, c, h * wd)))
             return self._layer(name, src, x, out_f, bias, w3, op, wref, spatial=False)
+        if x.seq == "cf":
+            raise UnsupportedLayerError("Linear", name, "it reads (B, C, L) sequences on their last axis (the tokens); "
+                                        "transpose them to (B, L, C) tokens first (x.transpose(1, 2))")
         shape = self.shapes.get(node.args[0].name)
-        if shape is not None and len(shape) != 2 and not x.channels_last:
-            raise UnsupportedLayerError("Linear", name, f"its input has shape {tuple(shape)}; only (B, features) inputs "
-                                        "and channels-last maps (x.permute(0, 2, 3, 1)) convert")
+        if shape is not None and len(shape) != 2 and not x.channels_last and not x.seq:
+            raise UnsupportedLayerError("Linear", name, f"its input has shape {tuple(shape)}; only (B, features) inputs, "
+                                        "channels-last maps (x.permute(0, 2, 3, 1)) and token sequences convert")
         out = self._weighted(name, replace(x, normed=False), w.unsqueeze(-1), 1, Dense(), bias, (out_f, in_f), spatial=False)
-        return replace(out, channels_last=x.channels_last)
+        return replace(out, channels_last=x.channels_last, seq=x.seq)
 
     def _conv(self, node, m: nn.Conv2d | nn.Conv1d, x: _Activation, dims: int) -> _Activation:
         name, kind = node.target, type(m).__name__
-        if x.normed or x.channels_last:
+        if x.channels_last:
             raise UnsupportedLayerError(kind, name, "it reads channels-last maps; permute them back with x.permute(0, 3, 1, 2) first")
         if (x.pooled_keepdim == (1,) * dims and x.flatten_hw is None and tuple(m.kernel_size) == (1,) * dims and m.groups == 1
                 and m.padding in ("valid", "same", (0,) * dims)):
@@ -1432,6 +1817,11 @@ class _Converter:
     def _add(self, node, a, b, alpha: float) -> _Activation:
         """``a + alpha * b`` (alpha = -1 for a subtraction)."""
         label, pos = self._label(node), self._position(node)
+        if isinstance(a, _Param) or isinstance(b, _Param):
+            act, p = (b, a) if isinstance(a, _Param) else (a, b)
+            if not isinstance(act, _Activation) or alpha != 1.0:
+                raise UnsupportedLayerError(label, pos, "a parameter converts in a sum only as tokens + a positional embedding")
+            return self._add_positions(node, act, p)
         if isinstance(a, _Activation) and _number(b):
             return self._then(a, T.Shift(alpha * float(b)), node)
         if isinstance(b, _Activation) and _number(a):
@@ -1456,7 +1846,10 @@ class _Converter:
             dst, src, dst_node, scale = b, a, b_node, 1.0
         if not dst.fresh or dst.group is None:
             raise UnsupportedLayerError(label, pos, "a residual sum must join a Linear/Conv output before its activation")
-        if len(dst_node.users) != 1:
+        if a.seq != b.seq or dst.seq == "cf" or dst.tokens_joined or (dst.seq and dst.transforms):
+            raise UnsupportedLayerError(label, pos, "a residual sum of token sequences needs two (B, L, C) tokens of layers "
+                                        "after the patch embedding, in the same layout")
+        if len(_readers(dst_node)) != 1:
             raise UnsupportedLayerError(label, pos, f"the layer output '{dst_node.name}' is also read elsewhere, without the residual")
         if src.group is None and dst.spatial and dst.dims == 1:
             src = self._maps(src, node, 1)  # the raw (B, C, L) input joins (B, C, L, 1) maps
@@ -1481,6 +1874,28 @@ class _Converter:
             pattern=Pattern.IDENTITY, span=span, src_transform=transforms, step=dst.step,
         )
         return dst
+
+
+def _flat(v):
+    if isinstance(v, (tuple, list)):
+        for a in v:
+            yield from _flat(a)
+    else:
+        yield v
+
+
+def _readers(node: fx.Node) -> list[fx.Node]:
+    """The users of ``node`` that read its values: shape queries (x.shape, x.size(), x.dim()) do not count."""
+    def size_only(u):
+        return (u.op == "call_method" and u.target in ("size", "dim")) or (u.op == "call_function" and u.target is getattr)
+    return [u for u in node.users if not size_only(u)]
+
+
+_ADDS = {operator.add, operator.iadd, torch.add, "add", "add_"}
+
+
+def _is_add(u: fx.Node) -> bool:
+    return u.op in ("call_function", "call_method") and u.target in _ADDS
 
 
 def _supported_hint(kind: str) -> str:

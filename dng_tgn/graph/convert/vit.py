@@ -38,6 +38,10 @@ products (:class:`~dng_tgn.graph.edge_ops.QueryKey`, :class:`~dng_tgn.graph.edge
 :class:`~dng_tgn.graph.edge_ops.AttendValues`); the fixed sin-cos position embedding is a transform on the
 edges that read the patch embedding.
 
+:func:`add_attention` builds t^a and t^b; the fx converter uses it for ``nn.MultiheadAttention`` too (torchvision's
+ViT-B/16), whose ``in_proj_bias`` adds V's bias to the ``v_d`` nodes and Q's and K's as weights of edges from a constant
+unit node into ``s_e`` (a bias must join q_e and k_e before their product).
+
 Layouts: the current vit-pytorch SimpleViT (``transformer.norm`` + a bare ``linear_head``) and the older one
 (``linear_head = [LayerNorm, Linear]``, no ``transformer.norm``); see ``dng_tgn.nets.simple_vit``.
 """
@@ -55,7 +59,7 @@ from ...errors import MissingParameterError, ShapeMismatchError
 from ...nets.simple_vit import posemb_sincos_2d
 from .. import transforms as T
 from ..builder import StreamBuilder
-from ..edge_ops import AttendValues, AttentionScores, Identity, QueryKey, TokenDense
+from ..edge_ops import AttendValues, AttentionScores, Identity, QueryKey, QueryKeyBias, TokenDense
 from ..events import EdgeKind, EventStream, NodeKind, ParamRef, Pattern, flat_index
 
 _BLOCK = re.compile(r"^transformer\.layers\.(\d+)\.")
@@ -171,36 +175,8 @@ def vit_stream(sd: dict, heads: int, arch: str = "SimpleViT") -> EventStream:
         qkv = _get(sd, f"{pre}.0.to_qkv.weight")
         if qkv.shape != (3 * heads * dh, dim):
             raise ShapeMismatchError(f"'{pre}.0.to_qkv.weight' has shape {tuple(qkv.shape)}, expected {(3 * heads * dh, dim)}")
-        qkv_ref = flat_index(qkv.shape)
-
-        def rows(role, h):  # to_qkv rows are [q heads | k heads | v heads], dh rows per head
-            start = ("qkv".index(role) * heads + h) * dh
-            return slice(start, start + dh)
-
-        def proj(name, src, dst, op, role, h, kind=EdgeKind.WEIGHT):
-            r = rows(role, h)
-            b.add_edges(name, src, dst, op, qkv[r].unsqueeze(-1), kind=kind, src_transform=reads_x,
-                        params=(ParamRef(f"{pre}.0.to_qkv.weight", tuple(qkv.shape), qkv_ref[r].unsqueeze(-1)),))
-
-        # attention t^a: per head, the score nodes s_e (row e of W_Q and of W_K) and the value nodes v_d
-        b.new_step()
-        score_groups, value_groups = [], []
-        for h in range(heads):
-            s = b.add_nodes(f"{pre}.qk{h}", dh, kind=NodeKind.COMPUTE)
-            proj(f"{pre}.0.to_qkv[q{h}]", x, s, QueryKey(role="q"), "q", h, kind=EdgeKind.ATTN_Q)
-            proj(f"{pre}.0.to_qkv[k{h}]", x, s, QueryKey(role="k"), "k", h, kind=EdgeKind.ATTN_K)
-            v = b.add_nodes(f"{pre}.v{h}", dh, kind=NodeKind.COMPUTE)
-            proj(f"{pre}.0.to_qkv[v{h}]", x, v, TokenDense(), "v", h)
-            score_groups.append(s)
-            value_groups.append(v)
-        # attention t^b: z_d = softmax(scale * sum_e s_e) v_d, on parameter-free edges with learnable kinds
-        b.new_step()
-        z_groups = []
-        for h, (s, v) in enumerate(zip(score_groups, value_groups)):
-            z = b.add_nodes(f"{pre}.z{h}", dh, kind=NodeKind.COMPUTE)
-            b.add_edges(f"{pre}.attn[qk{h}->z{h}]", s, z, AttentionScores(dh**-0.5), None, kind=EdgeKind.ATTN_SCORE)
-            b.add_edges(f"{pre}.attn[v{h}->z{h}]", v, z, AttendValues(), None, kind=EdgeKind.ATTN_V, pattern=Pattern.IDENTITY)
-            z_groups.append(z)
+        z_groups = add_attention(b, x, heads, qkv, param=f"{pre}.0.to_qkv.weight", node_prefix=pre,
+                                 proj_name=f"{pre}.0.to_qkv", reads_x=reads_x)
         # attention t^c: output projection (column d of W_O reads z_d) plus the residual from the block input (span 3)
         w_out = _get(sd, f"{pre}.0.to_out.weight")
         if w_out.shape != (dim, heads * dh):
@@ -238,6 +214,69 @@ def vit_stream(sd: dict, heads: int, arch: str = "SimpleViT") -> EventStream:
     logits = _neuron(b, "logits", w_head.shape[0], sd, bias=f"{head}.bias")
     _dense(b, f"{head}.weight", x, logits, w_head, tuple(w_head.shape), before=(TokenMean(),))
     return b.build(output=logits)
+
+
+def add_attention(b: StreamBuilder, x: int, heads: int, w_qkv: torch.Tensor, *, param: str, node_prefix: str, proj_name: str,
+                  reads_x: tuple = (), b_qkv: torch.Tensor | None = None, bias_param: str | None = None,
+                  one: int | None = None) -> list[int]:
+    """Timestamps t^a (projections) and t^b (attention) of one attention layer, as the module docstring draws them.
+
+    ``w_qkv`` (3·heads·d_head, dim) stacks the Q, K and V rows, each head's ``d_head`` rows together (SimpleViT's
+    ``to_qkv``, ``nn.MultiheadAttention``'s ``in_proj_weight``); ``x`` is the node group it reads, through
+    ``reads_x``. With ``b_qkv`` (``in_proj_bias``): V's bias sits on the ``v_d`` nodes; Q's and K's must join q_e
+    and k_e *before* their product at ``s_e``, so they are weights of edges from ``one``, a constant unit node
+    (kinds ATTN_Q / ATTN_K, op :class:`~dng_tgn.graph.edge_ops.QueryKeyBias`). Returns the ``z`` groups, one per
+    head, for the output projection (t^c) to read.
+    """
+    rows_total, dim = w_qkv.shape
+    if rows_total % (3 * heads):
+        raise ShapeMismatchError(f"'{param}' has {rows_total} rows: not 3 x {heads} heads x d_head")
+    dh = rows_total // (3 * heads)
+    qkv_ref = flat_index(w_qkv.shape)
+    if b_qkv is not None and (one is None or tuple(b_qkv.shape) != (rows_total,)):
+        raise ShapeMismatchError(f"'{bias_param}' has shape {tuple(b_qkv.shape)}, expected ({rows_total},) and a unit node")
+
+    def rows(role, h):  # rows are [q heads | k heads | v heads], dh rows per head
+        start = ("qkv".index(role) * heads + h) * dh
+        return slice(start, start + dh)
+
+    def proj(src, dst, op, role, h, kind=EdgeKind.WEIGHT):
+        r = rows(role, h)
+        b.add_edges(f"{proj_name}[{role}{h}]", src, dst, op, w_qkv[r].unsqueeze(-1), kind=kind, src_transform=reads_x,
+                    params=(ParamRef(param, tuple(w_qkv.shape), qkv_ref[r].unsqueeze(-1)),))
+
+    def bias_ref(r, slot=None):
+        return ParamRef(bias_param, (rows_total,), torch.arange(rows_total)[r].reshape(-1, 1, 1) if slot is None
+                        else torch.arange(rows_total)[r], slot=slot)
+
+    # t^a: per head, the score nodes s_e (row e of W_Q and of W_K) and the value nodes v_d
+    b.new_step()
+    score_groups, value_groups = [], []
+    for h in range(heads):
+        s = b.add_nodes(f"{node_prefix}.qk{h}", dh, kind=NodeKind.COMPUTE)
+        proj(x, s, QueryKey(role="q"), "q", h, kind=EdgeKind.ATTN_Q)
+        proj(x, s, QueryKey(role="k"), "k", h, kind=EdgeKind.ATTN_K)
+        if b_qkv is None:
+            v = b.add_nodes(f"{node_prefix}.v{h}", dh, kind=NodeKind.COMPUTE)
+        else:
+            for role, kind in (("q", EdgeKind.ATTN_Q), ("k", EdgeKind.ATTN_K)):
+                r = rows(role, h)
+                b.add_edges(f"{bias_param}[{role}{h}]", one, s, QueryKeyBias(role=role), b_qkv[r].reshape(dh, 1, 1),
+                            kind=kind, params=(bias_ref(r),))
+            rv = rows("v", h)
+            v = b.add_nodes(f"{node_prefix}.v{h}", dh, params=(bias_ref(rv, slot=0),), bias=b_qkv[rv])
+        proj(x, v, TokenDense(), "v", h)
+        score_groups.append(s)
+        value_groups.append(v)
+    # t^b: z_d = softmax(scale * sum_e s_e) v_d, on parameter-free edges with learnable kinds
+    b.new_step()
+    z_groups = []
+    for h, (s, v) in enumerate(zip(score_groups, value_groups)):
+        z = b.add_nodes(f"{node_prefix}.z{h}", dh, kind=NodeKind.COMPUTE)
+        b.add_edges(f"{node_prefix}.attn[qk{h}->z{h}]", s, z, AttentionScores(dh**-0.5), None, kind=EdgeKind.ATTN_SCORE)
+        b.add_edges(f"{node_prefix}.attn[v{h}->z{h}]", v, z, AttendValues(), None, kind=EdgeKind.ATTN_V, pattern=Pattern.IDENTITY)
+        z_groups.append(z)
+    return z_groups
 
 
 def _block_norm(sd, i, sub):
