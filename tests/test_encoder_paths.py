@@ -82,12 +82,38 @@ def test_dgl_and_torch_paths_agree(kind):
     assert ga["memory.messages.0.edge_proj.weight"].abs().sum() > 0
 
 
+# the memory's ablation options (tests/test_encoder_ablations.py), two sets covering every one of them
+_OPTION_SETS = {
+    "authors": dict(cell="rnn_relu", gru_input="node", rnn_layers=2, shared_message=True, positional_embedding=True,
+                    activation_embedding=True),
+    "tanh_rnn_per_timestamp": dict(cell="rnn", per_timestamp_update=True, rnn_layers=2, positional_embedding=True),
+}
+
+
+@needs_dgl
+@pytest.mark.parametrize("options", sorted(_OPTION_SETS))
+def test_dgl_and_torch_paths_agree_with_the_memory_options(options):
+    streams, k = _streams("mixed")
+    enc = DNGEncoder(D, message_heads=k, head_dim=4, fourier_size=F, max_timestamps=12, device="cpu",
+                     **_OPTION_SETS[options])
+    a, ga = _run(enc, streams, ExecutionPath.DGL)
+    b, gb = _run(enc, streams, ExecutionPath.TORCH)
+    torch.testing.assert_close(a.embedding, b.embedding, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.trajectory, b.trajectory, atol=1e-5, rtol=1e-5)
+    assert set(ga) == set(gb)
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    # not vacuous: the options' own parameters are trained on both paths
+    extra = [n for n in ga if "stacked" in n or "embedding" in n or "updaters" in n]
+    assert extra and all(ga[n].abs().sum() > 0 for n in extra)
+
+
 @needs_dgl
 def test_dgl_path_really_runs_dgl_kernels(monkeypatch):
     from dng_tgn._dgl import dgl
 
     calls = []
-    for op in ("u_mul_e_sum", "u_mul_e", "copy_e_sum"):
+    for op in ("u_mul_e_sum", "u_mul_e", "u_add_e", "copy_e_sum"):
         orig = getattr(dgl.ops, op)
         monkeypatch.setattr(dgl.ops, op, lambda *a, _o=orig, _n=op, **kw: (calls.append(_n), _o(*a, **kw))[1])
     streams, _ = _streams("mlp")
@@ -98,7 +124,9 @@ def test_dgl_path_really_runs_dgl_kernels(monkeypatch):
     assert calls == []
     cnn, k = _streams("cnn")
     DNGEncoder(D, message_heads=k, head_dim=4, fourier_size=F, path=ExecutionPath.DGL, device="cpu")(cnn)
-    assert calls.count("u_mul_e") == 4 and calls.count("copy_e_sum") == 4  # Eq. 5 on every step
+    # Eq. 5 on every step: per group of edges with the same live-slot count (and chunk), gather-multiply,
+    # gather-add and sum (MultiHeadMessage.message_from_weights); 4 steps, two of them with 2 kernel sizes
+    assert calls == ["u_mul_e", "u_add_e", "copy_e_sum"] * 6
 
 
 def _weighted(x: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from ..choices import parse_choice
+
 __all__ = ["STATISTICS", "weight_statistics", "StatsModel", "WeightStatsBaseline"]
 
 STATISTICS = ("mean", "var", "q0", "q25", "q50", "q75", "q100")
@@ -54,13 +56,7 @@ class StatsModel(Enum):
 
     @classmethod
     def parse(cls, value: "str | StatsModel") -> "StatsModel":
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            raise ValueError(f"unknown weight-statistics model {value!r}; valid values are "
-                             f"{', '.join(repr(m.value) for m in cls)}") from None
+        return parse_choice(cls, value, "weight-statistics model")
 
 
 class WeightStatsBaseline:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .events import NUM_NODE_SLOTS, EventStream, NodeKind
+from .transforms import NONLINEARITIES, nonlinearity_index
 
 
 @dataclass
@@ -75,6 +76,9 @@ class StreamBatch:
     num_timestamps: torch.Tensor  # (B,)
     steps: list[StepBatch]
     archs: list[str] = field(default_factory=list)
+    # (N,) index in graph.transforms.NONLINEARITIES of the non-linearity applied to each node's value
+    # (see _group_nonlinearities); None only for batches assembled by hand
+    node_nonlinearity: torch.Tensor | None = None
 
     @property
     def max_timestamps(self) -> int:
@@ -91,6 +95,17 @@ class StreamBatch:
             kw[f.name] = v
         return StreamBatch(**kw)
 
+    def node_layer(self) -> torch.Tensor:
+        """(N,) int64: the timestamp ``t^l`` at which each node is written (its layer ``l``); 0 for input nodes.
+
+        Every non-input node is the destination of exactly one step, so this is well defined. It is the same
+        for all units of a layer, so embedding it keeps hidden-neuron permutation symmetry.
+        """
+        layer = torch.zeros(self.num_nodes, dtype=torch.long, device=self.node_kind.device)
+        for t, step in enumerate(self.steps, start=1):
+            layer[step.dst_nodes] = t
+        return layer
+
     def output_sizes(self) -> torch.Tensor:
         return torch.bincount(self.output_graph, minlength=self.num_graphs)
 
@@ -99,9 +114,29 @@ class StreamBatch:
         return f"StreamBatch(graphs={self.num_graphs}, nodes={self.num_nodes}, edges={e}, T={self.max_timestamps}, K={self.num_slots})"
 
 
+def _group_nonlinearities(s: EventStream) -> list[int]:
+    """Per node group, the index in ``NONLINEARITIES`` of the non-linearity its units' values go through.
+
+    Activations live on the edges that read a node (``src_transform``, see graph/transforms.py); a node's is
+    the first non-linearity among the edge groups reading it, in edge-group order (the output group's comes
+    from ``output_transform``), and "identity" when none applies (inputs, linear outputs).
+    """
+    out = []
+    for gi in range(len(s.node_groups)):
+        found = nonlinearity_index(s.output_transform) if gi == s.output_group else None
+        for e in s.edge_groups:
+            if found is not None:
+                break
+            if e.src == gi:
+                found = nonlinearity_index(e.src_transform)
+        out.append(NONLINEARITIES.index("identity") if found is None else found)
+    return out
+
+
 def _signature(s: EventStream):
     return (
         tuple((g.size, int(g.kind), tuple(g.slot_mask.tolist()), g.input_index_base) for g in s.node_groups),
+        tuple(_group_nonlinearities(s)),  # same weights layout, other activations: not the same structure
         tuple((e.src, e.dst, int(e.kind), int(e.pattern), e.slots, e.span,
                None if e.pairs is None else (e.pairs.shape[1], hash(e.pairs.numpy().tobytes()))) for e in s.edge_groups),
         tuple(tuple(st) for st in s.steps),
@@ -123,6 +158,7 @@ class _IndexLayout:
     input_index: torch.Tensor
     output: torch.Tensor
     slot_mask: torch.Tensor
+    nonlinearity: torch.Tensor
 
 
 def _index_layout(s: EventStream) -> _IndexLayout:
@@ -139,7 +175,8 @@ def _index_layout(s: EventStream) -> _IndexLayout:
     )
     out = s.node_groups[s.output_group]
     mask = torch.cat([g.slot_mask.expand(g.size, NUM_NODE_SLOTS) for g in s.node_groups])
-    return _IndexLayout(steps, kind, input_index, torch.arange(out.offset, out.offset + out.size), mask)
+    nonlin = torch.cat([torch.full((g.size,), a) for g, a in zip(s.node_groups, _group_nonlinearities(s))])
+    return _IndexLayout(steps, kind, input_index, torch.arange(out.offset, out.offset + out.size), mask, nonlin)
 
 
 @dataclass
@@ -197,7 +234,7 @@ def _assemble(stacks: list[_SameStructureStack], num_graphs: int) -> StreamBatch
     k = max(stack.reference.num_slots for stack in stacks)
     t_max = max(stack.reference.num_timestamps for stack in stacks)
     per_step: list[dict[str, list]] = [dict() for _ in range(t_max)]
-    node_parts = {n: [] for n in ("values", "mask", "kind", "graph", "input")}
+    node_parts = {n: [] for n in ("values", "mask", "kind", "graph", "input", "nonlinearity")}
     out_nodes, out_graph, num_t = [], [], torch.zeros(num_graphs, dtype=torch.long)
     archs = [""] * num_graphs
     offset = 0
@@ -214,6 +251,7 @@ def _assemble(stacks: list[_SameStructureStack], num_graphs: int) -> StreamBatch
         node_parts["kind"].append(layout.kind.repeat(m))
         node_parts["graph"].append(graph_ids.repeat_interleave(n))
         node_parts["input"].append(layout.input_index.repeat(m))
+        node_parts["nonlinearity"].append(layout.nonlinearity.repeat(m))
         out_nodes.append((layout.output + offs).reshape(-1))
         out_graph.append(graph_ids.repeat_interleave(layout.output.numel()))
         for t, st in enumerate(layout.steps, start=1):
@@ -248,6 +286,7 @@ def _assemble(stacks: list[_SameStructureStack], num_graphs: int) -> StreamBatch
         num_timestamps=num_t,
         steps=steps,
         archs=archs,
+        node_nonlinearity=_concat(node_parts["nonlinearity"]),
     )
 
 

@@ -173,12 +173,23 @@ class RFFBasis:
         return self.basis @ self.fold_with_bias(weight, bias).T
 
 
-def rff_basis(rff: RandomFourierFeatures, x: torch.Tensor, tol: float = CHEBYSHEV_TOL) -> RFFBasis:
-    """The cheapest exact-to-rounding factorisation of ``rff(x)`` for the values in ``x`` (see above)."""
+def rff_basis(rff: RandomFourierFeatures, x: torch.Tensor, tol: float = CHEBYSHEV_TOL,
+              value_range: tuple[float, float] | None = None) -> RFFBasis:
+    """The cheapest exact-to-rounding factorisation of ``rff(x)`` for the values in ``x`` (see above).
+
+    ``value_range``: ``(lo, hi)`` of a tensor that ``x`` is a part of (one range for all chunks of it, so that
+    each chunk skips the min/max pass and its host sync). It is not checked: that would need the very pass it
+    saves, and values outside it would be clamped, so pass only the range of a superset of ``x``.
+    """
     if x.numel() == 0 or x.requires_grad or not x.is_floating_point():
         return RFFBasis(rff(x), None)
-    lo, hi = torch.aminmax(x.detach().to(torch.float32))
-    lo, hi = float(lo), float(hi)  # one host sync per call; the degree must be known to size the basis
+    if value_range is None:
+        lo, hi = torch.aminmax(x.detach().to(torch.float32))
+        lo, hi = float(lo), float(hi)  # one host sync per call; the degree must be known to size the basis
+    else:
+        lo, hi = float(value_range[0]), float(value_range[1])
+        if not lo <= hi:
+            raise ValueError(f"value_range must be (lo, hi) with lo <= hi, got {value_range!r}")
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return RFFBasis(rff(x), None)
     if x.dtype == torch.float64:
@@ -196,6 +207,6 @@ def rff_basis(rff: RandomFourierFeatures, x: torch.Tensor, tol: float = CHEBYSHE
 
 
 def rff_linear(rff: RandomFourierFeatures, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-               tol: float = CHEBYSHEV_TOL) -> torch.Tensor:
+               tol: float = CHEBYSHEV_TOL, value_range: tuple[float, float] | None = None) -> torch.Tensor:
     """``rff(x) @ weight.T + bias`` for (...,) scalars -> (..., out), without the (..., 2F) feature tensor."""
-    return rff_basis(rff, x, tol).project(weight, bias)
+    return rff_basis(rff, x, tol, value_range).project(weight, bias)

@@ -26,7 +26,8 @@ from .heads import ConcatReadout, MeanReadout, Readout
 FORMAT = "dng_tgn.encoder"
 VERSION = 1
 ENCODER_KWARGS = ("memory_dim", "message_dim", "message_heads", "head_dim", "fourier_size", "fourier_scale",
-                  "max_timestamps", "max_inputs")
+                  "max_timestamps", "max_inputs", "cell", "gru_input", "rnn_layers", "shared_message",
+                  "per_timestamp_update", "positional_embedding", "activation_embedding")
 
 # readout name -> (class, its constructor arguments); a new readout is one entry here
 READOUTS: dict[str, tuple[type[Readout], tuple[str, ...]]] = {
@@ -46,11 +47,17 @@ def encoder_kwargs(encoder: DNGEncoder) -> dict:
     mem = encoder.memory
     rff = mem.edge_features.rff
     heads = [m for m in mem.modules() if hasattr(m, "head_dim")]
+    up = mem.updater_at(1)
     return {
         "memory_dim": int(mem.memory_dim), "message_dim": int(mem.message_dim),
         "message_heads": int(mem.message_heads), "head_dim": int(heads[0].head_dim) if heads else 32,
         "fourier_size": int(rff.fourier_size), "fourier_scale": float(rff.scale),
         "max_timestamps": int(mem.max_timestamps), "max_inputs": int(mem.inputs.max_inputs),
+        # the memory's ablation options (files written before they existed lack them: the defaults)
+        "cell": up.cell_type.value, "gru_input": up.cell_input.value, "rnn_layers": int(up.passes),
+        "shared_message": bool(mem.shared_message), "per_timestamp_update": bool(mem.per_timestamp_update),
+        "positional_embedding": mem.layer_embedding is not None,
+        "activation_embedding": mem.nonlinearity_embedding is not None,
     }
 
 

@@ -11,7 +11,7 @@ from ..device import default_device
 from ..graph.batch import StreamBatch, batch_streams
 from ..graph.events import EventStream
 from .heads import MeanReadout, Readout
-from .memory import DNGMemory
+from .memory import CellInput, DNGMemory, UpdateCell
 from .paths import ExecutionPath, resolve_path
 from .precision import AmpMode, autocast
 
@@ -52,6 +52,10 @@ class DNGEncoder(nn.Module):
         amp: mixed precision for :meth:`forward` (:class:`~dng_tgn.nn.precision.AmpMode` or "fp32"/"bf16"/"fp16"):
             bf16 autocast on CPU or CUDA, fp16 autocast on CUDA only (pair it with
             :func:`~dng_tgn.nn.precision.grad_scaler`). ``None``/"fp32": full precision. Parameters stay fp32.
+        cell, gru_input, rnn_layers, shared_message, per_timestamp_update, positional_embedding,
+            activation_embedding: ablations of the memory (Tables 4/6 and the authors' code), documented in
+            :class:`~dng_tgn.nn.memory.DNGMemory`; the defaults are the paper's model (GRU, message as the GRU
+            input, one pass, per-timestamp ``phi_m``, one shared ``phi_u``, no embeddings).
 
     ``forward(streams, return_trajectory=False) -> EncoderOutput``; ``streams`` is a :class:`StreamBatch`
     or a list of :class:`EventStream` (any mix of architectures), moved to the encoder's device.
@@ -72,11 +76,21 @@ class DNGEncoder(nn.Module):
         path: ExecutionPath | None = None,
         device: torch.device | str | None = None,
         amp: AmpMode | str | None = None,
+        cell: UpdateCell | str = UpdateCell.GRU,
+        gru_input: CellInput | str = CellInput.MESSAGE,
+        rnn_layers: int = 1,
+        shared_message: bool = False,
+        per_timestamp_update: bool = False,
+        positional_embedding: bool = False,
+        activation_embedding: bool = False,
     ):
         super().__init__()
         self.amp = AmpMode.parse(amp)
         self.memory = DNGMemory(
-            memory_dim, message_dim, message_heads, head_dim, fourier_size, fourier_scale, max_timestamps, max_inputs
+            memory_dim, message_dim, message_heads, head_dim, fourier_size, fourier_scale, max_timestamps, max_inputs,
+            cell=cell, gru_input=gru_input, rnn_layers=rnn_layers, shared_message=shared_message,
+            per_timestamp_update=per_timestamp_update, positional_embedding=positional_embedding,
+            activation_embedding=activation_embedding,
         )
         self.readout = readout if readout is not None else MeanReadout()
         if not isinstance(self.readout, Readout):

@@ -27,6 +27,8 @@ from enum import Enum
 
 import torch
 
+from ..choices import parse_choice
+
 __all__ = ["AmpMode", "PrecisionError", "autocast", "grad_scaler", "check_amp"]
 
 
@@ -48,11 +50,9 @@ class AmpMode(Enum):
         if text in ("", "none", "off", "false", "float32"):
             return cls.FP32
         aliases = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
-        try:
-            return cls(aliases.get(text, text))
-        except ValueError:
-            valid = ", ".join(repr(m.value) for m in cls)
-            raise PrecisionError(f"unknown amp mode {value!r}; valid values are {valid} or None") from None
+        if text in aliases:
+            return cls(aliases[text])
+        return parse_choice(cls, value, "amp mode", error=PrecisionError, also=" or None")
 
     @property
     def dtype(self) -> torch.dtype | None:
