@@ -21,6 +21,17 @@ from ..training import EpochSampler, seed_everything, train_loop
 __all__ = ["source_images", "train_pixel_classifier"]
 
 
+class _Curve:
+    """Collects the validation metrics the training loop logs (the row's accuracy-against-step figure)."""
+
+    def __init__(self, metric: str):
+        self.metric, self.points = metric, []
+
+    def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
+        if name == self.metric:
+            self.points.append([int(step), float(value)])
+
+
 def source_images(root: Path, source_root: str | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The images an INR folder was fitted to, per split, in [-1, 1]: ``{split: (images, labels)}``.
 
@@ -55,6 +66,7 @@ def train_pixel_classifier(splits: Mapping[str, tuple[torch.Tensor, torch.Tensor
     """Train F.1.2's classifier on ``splits[s] = (images (N, C, H, W), labels)``; returns test accuracy etc.
 
     ``classifier``: conv_channels, hidden, conv_dropout, mlp_dropout (as INR2JLS's ``classifier`` config).
+    The result's ``history`` is the validation accuracy at every evaluation, ``[[step, accuracy], ...]``.
     """
     t0 = time.perf_counter()
     seed_everything(seed)
@@ -71,10 +83,12 @@ def train_pixel_classifier(splits: Mapping[str, tuple[torch.Tensor, torch.Tensor
         return sum(int((model(x[i:i + 512].to(device)).argmax(-1).cpu() == y[i:i + 512]).sum())
                    for i in range(0, len(x), 512)) / len(x)
 
+    curve = _Curve("pixel_cls.val.accuracy")
     result = train_loop(name="pixel_cls", model=model, optimizer=opt, sampler=EpochSampler(len(xtr), batch_size, seed),
                         train_step=lambda idx: ce(model(xtr[idx].to(device)), ytr[idx].to(device)),
                         evaluate=lambda: {"accuracy": accuracy(xva, yva)}, monitor="accuracy", higher_is_better=True,
                         total_steps=steps, eval_every=eval_every, patience=patience, checkpoint_dir=None,
-                        grad_clip=grad_clip)
+                        grad_clip=grad_clip, run=curve)
     return {"test_acc": accuracy(xte, yte), "params": sum(p.numel() for p in model.parameters()),
-            "train_s": time.perf_counter() - t0, "best_step": result.best_step, "best_val": result.best_metric}
+            "train_s": time.perf_counter() - t0, "best_step": result.best_step, "best_val": result.best_metric,
+            "history": curve.points}

@@ -13,11 +13,13 @@ import torch
 from torch import nn
 
 from ..graph.batch import StreamBatch
+from ..choices import parse_choice
 from .encoder import DNGEncoder
 from .heads import ConcatReadout
 from .paths import ExecutionPath
 
-__all__ = ["EncoderKind", "WeightEncoder", "DNGWeightEncoder", "NGGNNWeightEncoder", "FlatMLPWeightEncoder", "build_encoder",
+__all__ = ["EncoderKind", "WeightEncoder", "DNGWeightEncoder", "NGGNNWeightEncoder", "FlatMLPWeightEncoder",
+           "NFNWeightEncoder", "build_encoder",
            "sized_encoder_kwargs", "fit_degree_scaler"]
 
 
@@ -27,17 +29,18 @@ class EncoderKind(Enum):
     DNG = "dng"
     NG_GNN = "ng_gnn"
     MLP = "mlp"  # flat weights -> MLP (Table 7's baseline); one architecture per run
+    NFN_NP = "nfn_np"  # NFN (Zhou et al. 2023), NP layers with input/output embeddings; reads stacked parameters
+    NFN_HNP = "nfn_hnp"  # NFN, HNP layers; reads stacked parameters, one architecture per run
+
+    @property
+    def reads_parameters(self) -> bool:
+        """True for encoders fed stacked parameter tensors (``StateDictSet.params`` rows), not stream batches."""
+        return self in (EncoderKind.NFN_NP, EncoderKind.NFN_HNP)
 
     @classmethod
     def parse(cls, value: "str | EncoderKind") -> "EncoderKind":
         """The Sacred-config boundary: ``"dng"`` / ``"ng_gnn"`` -> enum, with an error listing valid values."""
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            valid = ", ".join(repr(k.value) for k in cls)
-            raise ValueError(f"unknown encoder {value!r}; valid values are {valid}") from None
+        return parse_choice(cls, value, "encoder")
 
 
 class WeightEncoder(nn.Module):
@@ -101,9 +104,34 @@ class FlatMLPWeightEncoder(WeightEncoder):
         return self.encoder(batch)
 
 
+class NFNWeightEncoder(WeightEncoder):
+    """NFN's invariant encoder (``baselines.nfn.NFNEncoder``, NP or HNP) on stacked parameters.
+
+    ``forward(params)`` takes a dict of stacked parameter rows, not a stream batch. The per-layer input
+    normalisation is set by :meth:`set_normalization` from the *training* split only.
+    """
+
+    def __init__(self, params: Mapping[str, torch.Tensor], mode: str, **kwargs):
+        super().__init__()
+        from ..baselines.nfn import NFNEncoder, NFNLayout  # beside nn/, see NGGNNWeightEncoder
+
+        kwargs = dict(kwargs)
+        if "channels" in kwargs:
+            kwargs["channels"] = tuple(kwargs["channels"])
+        self.encoder = NFNEncoder(NFNLayout.infer(params), mode=mode, **kwargs)
+        self.out_dim = int(self.encoder.out_dim)
+
+    def set_normalization(self, params: Mapping[str, torch.Tensor]) -> None:
+        self.encoder.set_normalization(params)
+
+    def forward(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.encoder(params)
+
+
 def build_encoder(kind: EncoderKind, *, num_outputs: int, num_slots: int, dng: Mapping, ng_gnn: Mapping,
                   path: ExecutionPath | None = None, mlp: Mapping | None = None,
-                  probe: StreamBatch | None = None) -> WeightEncoder:
+                  probe: StreamBatch | None = None, nfn: Mapping | None = None,
+                  params: Mapping[str, torch.Tensor] | None = None) -> WeightEncoder:
     """The weight encoder for ``kind``; ``dng`` / ``ng_gnn`` are the keyword arguments of each model.
 
     ``num_outputs``: output neurons of the encoded networks (ConcatReadout); ``num_slots``: edges per node
@@ -111,6 +139,9 @@ def build_encoder(kind: EncoderKind, *, num_outputs: int, num_slots: int, dng: M
     ``path``: the execution path of the graph encoders (None: DGL where its kernels run, else torch).
     ``mlp``: the flat MLP's kwargs (hidden_dim, num_layers, out_dim, dropout); its input size is read off
     ``probe``, a batch of the task's networks, unless ``mlp`` gives ``in_dim``.
+    ``nfn``: NFNEncoder kwargs (channels, out_dim, head_hidden, head_layers, pool, dropout, fourier; plus normalize,
+    default True) for the NFN kinds,
+    whose layer layout is read off ``params`` (stacked training parameters, also their normalisation).
     """
     if not isinstance(kind, EncoderKind):
         raise TypeError(f"build_encoder needs an EncoderKind, got {kind!r}")
@@ -133,6 +164,17 @@ def build_encoder(kind: EncoderKind, *, num_outputs: int, num_slots: int, dng: M
             kw["in_dim"] = int(flat_parameters(probe).shape[1])
         kw.setdefault("out_dim", 64)
         return FlatMLPWeightEncoder(**kw)
+    if kind.reads_parameters:
+        if params is None:
+            raise ValueError(f"the {kind.value} encoder reads stacked parameters: pass params= (the training split's)")
+        kw = dict(nfn or {})
+        # nfn.normalize=False feeds raw weights, as NFN's own INR classifier does (its Fourier features of scale 10
+        # are sized for raw SIREN weights, not standardised ones)
+        normalize = bool(kw.pop("normalize", True))
+        enc = NFNWeightEncoder(params, "np" if kind is EncoderKind.NFN_NP else "hnp", **kw)
+        if normalize:
+            enc.set_normalization(params)
+        return enc
     raise AssertionError(f"build_encoder does not handle {kind}")  # a new EncoderKind needs a branch here
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 __all__ = ["AUGMENTATION_VIEWS", "augment_views", "LatentGenerator", "ConvDecoder", "INR2JLS", "INR2JLSOutput",
-           "FeatureMapClassifier"]
+           "MaskDropout", "FeatureMapClassifier"]
 
 
 def _identity(x):
@@ -184,6 +184,34 @@ class INR2JLS(nn.Module):
         return torch.mean((out.reconstruction - augment_views(images, self.num_views)) ** 2)
 
 
+class MaskDropout(nn.Module):
+    """Dropout with the same distribution as :class:`torch.nn.Dropout` (each entry kept with probability 1-p and
+    scaled by 1/(1-p), a fresh mask per call, from the global RNG), drawn as ``rand >= p`` instead of ``bernoulli_``.
+
+    Why: on CPU ``bernoulli_`` draws entry by entry and took 22 % of a pixel-classifier training step (its conv
+    feature maps are 64×64×28×28 per batch); uniform draws are vectorised (2.6x faster dropout forward+backward;
+    a whole step 1.40 -> 1.06 s on one thread of a busy 2-core CPU, ``benchmarks/bench_pixel_cnn.py``). On CUDA the
+    fused kernel of ``F.dropout`` is used.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.is_cuda:
+            return nn.functional.dropout(x, self.p, True)
+        mask = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))  # no grad: a constant of the step
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class FeatureMapClassifier(nn.Module):
     """The §8.1 classifier on the frozen feature map (F.1.2).
 
@@ -197,8 +225,8 @@ class FeatureMapClassifier(nn.Module):
         super().__init__()
         h, w = grid
         self.convs = nn.Sequential(
-            nn.Conv2d(in_channels, conv_channels, 3, padding=1), nn.ReLU(), nn.Dropout(conv_dropout),
-            nn.Conv2d(conv_channels, conv_channels, 3, padding=1), nn.ReLU(), nn.Dropout(conv_dropout),
+            nn.Conv2d(in_channels, conv_channels, 3, padding=1), nn.ReLU(), MaskDropout(conv_dropout),
+            nn.Conv2d(conv_channels, conv_channels, 3, padding=1), nn.ReLU(), MaskDropout(conv_dropout),
         )
         self.mlp = nn.Sequential(
             nn.Flatten(),
