@@ -1,19 +1,21 @@
 """§7 of the paper: can an MPNN on the static or on the dynamic neural graph reproduce an MLP's forward pass?
 
-Data (§7 "Data Generation", :mod:`dng_tgn.data.activations`): ``data.n_train`` training and ``data.n_test``
-test random MLPs of widths ``data.widths`` (default 2-8-8-8: a 2-D input like the coordinate MLPs/INRs the
-paper targets, and equally wide layers so that every depth has the same number of target neurons and the
+Data (§7 "Data Generation", :mod:`dng_tgn.data.activations`): ``data.n_train`` training, ``data.n_val``
+validation and ``data.n_test`` test random MLPs (three seeded draws) of widths ``data.widths`` (default
+2-8-8-8: a 2-D input like the coordinate MLPs/INRs the paper targets, and equally wide layers so that every depth has the same number of target neurons and the
 per-layer MSEs are comparable; 8 keeps a network at 144 edges, cheap on a CPU), tanh after every layer.
 
 Models (§7 "Model Setup", :mod:`dng_tgn.tasks.static_vs_dynamic`): the static MPNN (L rounds over the whole
-graph, Kofinas et al.'s edge updates) and the dynamic MPNN (the same φ per timestamp), with the same features,
-readout, optimiser, epochs, batches and seeds.
+graph, Kofinas et al.'s edge updates), trained forward-only (§7) and bidirectional, and the dynamic MPNN (the
+same φ per timestamp), with the same features, readout, optimiser, epoch cap, early stopping, batches and
+seeds. Per layer, the static direction with the lower static validation MSE is the reported baseline.
 
-Budget. Default: 200/100 MLPs x 4 inputs, d = 32, 45 epochs of Adam (lr 3e-3, cosine decay) in batches of
-8 MLPs (32 graphs), the same for both models; about 30 s on an idle 2-core CPU. Train long enough: at 15
-epochs both models are far from converged (the dynamic one's test MSE still falls 10-25x by epoch 45).
+Budget. Default: 200/50/100 MLPs x 4 inputs, d = 32, Adam (lr 3e-3, cosine decay over the cap) in batches of 8
+MLPs (32 graphs), validation every epoch, early stopping after ``optim.patience`` validations without a new
+best, at most ``optim.epochs``; the test MSE is read at the best-validation weights. One seed; the seeds and
+their spread: ``python -m experiments.static_vs_dynamic_seeds``.
 
-Run: ``python -m experiments.static_vs_dynamic`` (default config), ``... with paper`` (1000/500 MLPs), any
+Run: ``python -m experiments.static_vs_dynamic`` (default config), ``... with paper`` (1000/250/500 MLPs), any
 key with ``with key=value`` (``print_config`` lists them); ``runtime.resume=runs/static_vs_dynamic/<id>``
 continues an interrupted run from its per-epoch checkpoints (bit-identical to an uninterrupted run);
 ``--mongo mongodb://host:27017/db`` or ``$DNG_MONGO_URL`` adds MongoDB.
@@ -29,6 +31,7 @@ from .ingredients import data_ingredient, optim_ingredient, runtime_ingredient
 
 data = data_ingredient(
     n_train=200,  # random MLPs for training (paper: 1000)
+    n_val=50,  # random MLPs for validation: early stopping and the static direction are chosen on them
     n_test=100,  # random MLPs for testing (paper: 500)
     widths=[2, 8, 8, 8],  # d^0..d^L
     activation="tanh",  # one of dng_tgn.data.activations.ACTIVATIONS
@@ -36,8 +39,9 @@ data = data_ingredient(
     bias_std=0.5,  # b ~ N(0, bias_std²)
     inputs_per_mlp=4,  # sampled inputs x ~ U(-1,1)^{d0} per MLP; one example = one (MLP, input) pair
 )
-# eval_every counts epochs here: test MSE is logged every eval_every epochs
-optim = optim_ingredient(epochs=45, batch_size=8, lr=3e-3, eval_every=5)
+# eval_every counts epochs here (validation MSE every eval_every epochs); patience counts validations; epochs is
+# the cap (the cosine schedule's length)
+optim = optim_ingredient(epochs=60, patience=10, batch_size=8, lr=3e-3, eval_every=1)
 # one thread: with graphs this small, on a shared 2-core machine, two threads per process measured several
 # times slower than one (thread oversubscription)
 runtime = runtime_ingredient(num_threads=1)
@@ -56,20 +60,21 @@ def config():
         share_weights=False,  # one φ pair for all rounds/timestamps instead of one per layer
         static_layers=None,  # message-passing rounds of the static MPNN; None: the MLP depth (§7)
         edge_updates=True,  # Kofinas et al.'s edge updates in the static model
-        bidirectional=False,  # static model: also pass messages backwards
+        # static MPNNs to train; per layer the one with the lower static validation MSE is the baseline
+        static_directions=["forward", "bidirectional"],
     )
     models = ["static", "dynamic"]  # which of the two to train
 
 
 @ex.named_config
 def paper():
-    data = dict(n_train=1000, n_test=500)  # noqa: F841
+    data = dict(n_train=1000, n_val=250, n_test=500)  # noqa: F841
 
 
 @ex.named_config
 def tiny():
     """A seconds-long smoke run, for tests."""
-    data = dict(n_train=8, n_test=4, inputs_per_mlp=2)  # noqa: F841
+    data = dict(n_train=8, n_val=4, n_test=4, inputs_per_mlp=2)  # noqa: F841
     model = dict(hidden_dim=8, fourier_size=2)  # noqa: F841
     optim = dict(epochs=2, batch_size=4, eval_every=1)  # noqa: F841
 

@@ -160,20 +160,30 @@ def test_generalization_resumes_exactly(tmp_path, runs, name):
 def test_static_vs_dynamic_resumes_exactly(runs):
     from experiments.static_vs_dynamic import ex
 
-    config = dict(data=dict(n_train=8, n_test=4, inputs_per_mlp=2), model=dict(hidden_dim=8, fourier_size=2),
-                  optim=dict(epochs=3, batch_size=4, eval_every=1), runtime=dict(device="cpu", num_threads=1))
+    trained = ("static_forward", "static_bidirectional", "dynamic")
+    config = dict(data=dict(n_train=8, n_val=4, n_test=4, inputs_per_mlp=2), model=dict(hidden_dim=8, fourier_size=2),
+                  optim=dict(epochs=5, batch_size=4, eval_every=1, patience=1, lr=0.03),
+                  runtime=dict(device="cpu", num_threads=1))
     reference = ex.run(config_updates=config, options=NO_CAPTURE)
-    final, dirs, last = resume_chain(runs, ex, "static_vs_dynamic", config, ["static/epoch/2", "dynamic/saved/1"])
+    # early stopping is part of what must survive the kills: two of the three models stop before epoch 5
+    assert reference.result["static_bidirectional"]["epochs_run"] == 3
+    assert reference.result["dynamic"]["epochs_run"] == 2
+    # mid-training; right after the checkpoint that ends a model early; after the validation that decides to stop
+    final, dirs, last = resume_chain(runs, ex, "static_vs_dynamic", config,
+                                     ["static_forward/epoch/2", "static_bidirectional/saved/3", "dynamic/epoch/2"])
     ref_dir = Path(reference.observers[0].dir)
-    assert check_same_curves(ref_dir, dirs + [last]) > 10
-    for model in ("static", "dynamic"):
+    assert check_same_curves(ref_dir, dirs + [last]) > 20
+    for model in trained:
         check_same_last_weights(ref_dir, last, model)
-    for model in ("static", "dynamic"):
-        assert final.result[model]["test_mse"] == reference.result[model]["test_mse"]
-        assert final.result[model]["final_train_loss"] == reference.result[model]["final_train_loss"]
-    check_records(dirs[:1], dirs[1], "static.train.loss", 3, [1])
-    assert metrics(dirs[1])["dynamic.train.loss"]["steps"] == [1]
-    assert metrics(last)["dynamic.train.loss"]["steps"] == [2, 3]
+    for model in trained:
+        for key in ("test_mse", "val_mse", "best_epoch", "epochs_run", "final_train_loss"):
+            assert final.result[model][key] == reference.result[model][key], (model, key)
+    assert final.result["static"] == reference.result["static"] and final.result["ratio"] == reference.result["ratio"]
+    check_records(dirs[:1], dirs[1], "static_forward.train.loss", 5, [1])
+    assert metrics(dirs[1])["static_bidirectional.train.loss"]["steps"] == [1, 2, 3]
+    assert "static_bidirectional.train.loss" not in metrics(last)  # stopped early before the kill: not retrained
+    assert 1 in metrics(dirs[2])["dynamic.train.loss"]["steps"]
+    assert metrics(last)["dynamic.train.loss"]["steps"] == [2]
 
 
 # ------------------------------------------------------------------------------------------------ builders

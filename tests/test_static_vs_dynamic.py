@@ -23,6 +23,7 @@ from dng_tgn.data.activations import ActivationData  # noqa: E402
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_NAME = "static_vs_dynamic_mse.png"
 TINY = {"runtime": {"device": "cpu"}}
+TRAINED = ("static_forward", "static_bidirectional", "dynamic")  # the models a default run trains
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -40,17 +41,21 @@ def read_metrics(run_dir):
 def check_on_disk(run_dir):
     metrics = read_metrics(run_dir)
     info = json.loads((run_dir / "info.json").read_text())
-    for name in ("static", "dynamic"):
+    for name in TRAINED:
         assert len(metrics[f"{name}.train.loss"]["values"]) == 2  # tiny: 2 epochs
-        assert metrics[f"{name}.test.mse.layer3"]["steps"] == [1, 2]
+        assert metrics[f"{name}.val.mse.layer3"]["steps"] == [1, 2]  # validation every epoch
+        assert metrics[f"{name}.val.mse"]["steps"] == [1, 2]
         for layer in (1, 2, 3):
             v = info["results"][name]["test_mse"][str(layer)]
             assert v > 0 and v == v  # finite, positive MSE
+    # the test set is read once, at the end: never a curve that could steer a choice
+    assert not [k for k in metrics if ".test." in k]
     # constants (model sizes) and single final values are info / result, never metrics
     assert not [k for k in metrics if k.endswith(".params") or ".final." in k]
     assert (run_dir / PNG_NAME).read_bytes().startswith(PNG_SIGNATURE)
-    assert set(info["results"]) == {"static", "dynamic"}
-    assert info["params"]["static"] > 0 and info["params"]["dynamic"] == info["results"]["dynamic"]["params"]
+    assert set(info["results"]) == {*TRAINED, "static", "ratio"}
+    assert info["params"]["static_forward"] > 0
+    assert info["params"]["dynamic"] == info["results"]["dynamic"]["params"]
 
 
 
@@ -78,9 +83,14 @@ def test_tiny_run_completes_on_disk_when_mongo_is_unreachable(unreachable_mongo_
     with pytest.warns(MongoUnreachableWarning):
         run = sv.ex.run(named_configs=["tiny"], config_updates=TINY)
     assert run.status == "COMPLETED"
-    assert set(run.result) == {"static", "dynamic"}
-    for r in run.result.values():
-        assert set(r["test_mse"]) == {"1", "2", "3"}
+    assert set(run.result) == {*TRAINED, "static", "ratio"}
+    for name in (*TRAINED, "static"):
+        assert set(run.result[name]["test_mse"]) == {"1", "2", "3"}
+    static = run.result["static"]
+    for l in ("1", "2", "3"):  # the reported static model is, per layer, the chosen direction's own numbers
+        chosen = run.result[f"static_{static['direction'][l]}"]
+        assert static["test_mse"][l] == chosen["test_mse"][l] and static["val_mse"][l] == chosen["val_mse"][l]
+        assert run.result["ratio"][l] == run.result["dynamic"]["test_mse"][l] / static["test_mse"][l]
     check_on_disk(isolated_env / str(run._id))
 
 
@@ -101,8 +111,8 @@ def test_run_config_metrics_and_png_reach_mongodb(mongo_server, isolated_env):
         assert doc is not None and doc["status"] == "COMPLETED"
         assert doc["experiment"]["name"] == "static_vs_dynamic"
         assert doc["config"]["optim"]["lr"] == 0.002 and doc["config"]["data"]["n_train"] == 8
-        assert set(doc["info"]["results"]) == {"static", "dynamic"}
-        for name in ("static", "dynamic"):
+        assert set(doc["info"]["results"]) == {*TRAINED, "static", "ratio"}
+        for name in TRAINED:
             loss = db.metrics.find_one({"run_id": run._id, "name": f"{name}.train.loss"})
             assert loss is not None and loss["steps"] == [1, 2]
             assert doc["result"][name]["test_mse"]["3"] > 0 and doc["info"]["params"][name] > 0
@@ -137,7 +147,110 @@ def test_command_line_output_is_plain_lines_ending_with_the_summary(tmp_path):
     assert "pkg_resources" not in proc.stderr + proc.stdout
     run_dir = tmp_path / "runs" / "static_vs_dynamic" / "1"
     cout = (run_dir / "cout.txt").read_text()
-    assert "\r" not in cout and "static: 2/2 epoch (100%)" in cout
+    assert "\r" not in cout and "static_forward: 2/2 epoch (100%)" in cout
     assert "Result: {" not in cout  # the raw result dict is in run.json; the summary says it readably
     assert cout.rstrip().splitlines()[-1].startswith("params ")  # the summary is the last thing
     assert json.loads((run_dir / "run.json").read_text())["status"] == "COMPLETED"
+
+
+# ------------------------------------------------------------------------------------------------ early stopping
+def _tiny_data():
+    shape = dict(widths=[2, 4, 4, 4], act_name="tanh", weight_gain=1.5, bias_std=0.5, inputs_per_mlp=2)
+    return (ActivationData(6, seed=1, **shape), ActivationData(3, seed=5, **shape),
+            ActivationData(3, seed=2, **shape))
+
+
+def _fit(tmp_path, *, lr, patience, epochs=8, name="dynamic"):
+    from dng_tgn.baselines import DynamicMPNN
+    from dng_tgn.tasks.static_vs_dynamic import train_model
+
+    train, val, test = _tiny_data()
+    torch.manual_seed(0)
+    model = DynamicMPNN(hidden_dim=8, num_layers=3, fourier_size=2)
+    out = train_model(name, model, train, val, test, epochs=epochs, patience=patience, batch_size=3, lr=lr,
+                      weight_decay=0.0, grad_clip=1.0, eval_every=1, device="cpu", seed=4,
+                      checkpoint_dir=tmp_path / "ck", keep_checkpoints=1)
+    return model, out, (train, val, test)
+
+
+def test_early_stopping_stops_after_patience_validations_without_improvement(tmp_path):
+    # lr = 0: the weights never move, so the validation MSE never improves on epoch 1's
+    _, out, _ = _fit(tmp_path / "a", lr=0.0, patience=2)
+    assert out["best_epoch"] == 1 and out["epochs_run"] == 3
+    assert [h["epoch"] for h in out["history"]] == [1, 2, 3]
+    # negative control: without patience the same run trains every epoch
+    _, out, _ = _fit(tmp_path / "b", lr=0.0, patience=None)
+    assert out["epochs_run"] == 8
+
+
+def test_result_is_read_at_the_best_validation_weights(tmp_path):
+    from dng_tgn.tasks.static_vs_dynamic import evaluate
+    from dng_tgn.training import load_checkpoint
+
+    model, out, (_, val, test) = _fit(tmp_path, lr=0.05, patience=None, epochs=8)
+    vals = [h["val_mse"] for h in out["history"]]
+    assert out["best_epoch"] == 1 + vals.index(min(vals)) and out["best_val_mse"] == min(vals)
+    assert out["test_mse"] == evaluate(model, test, 3, "cpu")  # the returned model holds the best weights
+    assert out["val_mse"] == evaluate(model, val, 3, "cpu")
+    best = load_checkpoint(tmp_path / "ck" / f"dynamic.step{out['best_epoch']:08d}.pt")  # kept beside the last
+    assert all(torch.equal(best.model[k], v) for k, v in model.state_dict().items())
+    if out["best_epoch"] != 8:  # negative control: the last epoch's weights give other numbers
+        last = load_checkpoint(tmp_path / "ck" / "dynamic.step00000008.pt")
+        model.load_state_dict(last.model)
+        assert evaluate(model, test, 3, "cpu") != out["test_mse"]
+
+
+def test_bad_patience_fails_clearly(tmp_path):
+    with pytest.raises(ValueError, match="patience must be >= 1"):
+        _fit(tmp_path, lr=0.0, patience=0)
+
+
+# ------------------------------------------------------------------------------------------------ static choice
+def test_static_direction_is_chosen_per_layer_on_static_validation_only():
+    from dng_tgn.tasks.static_vs_dynamic import choose_static
+
+    fwd = {"val_mse": {1: 0.1, 2: 0.5, 3: 0.2}, "test_mse": {1: 0.9, 2: 0.01, 3: 0.3}}
+    bid = {"val_mse": {1: 0.2, 2: 0.4, 3: 0.3}, "test_mse": {1: 0.01, 2: 0.9, 3: 0.1}}
+    got = choose_static({"forward": fwd, "bidirectional": bid})
+    # test favours the other direction at every layer: the choice must follow validation regardless
+    assert got["direction"] == {1: "forward", 2: "bidirectional", 3: "forward"}
+    assert got["test_mse"] == {1: 0.9, 2: 0.9, 3: 0.3}
+    # negative control: swap the validation scores and every choice flips
+    fwd["val_mse"], bid["val_mse"] = bid["val_mse"], fwd["val_mse"]
+    assert choose_static({"forward": fwd, "bidirectional": bid})["direction"] == {
+        1: "bidirectional", 2: "forward", 3: "bidirectional"}
+
+
+def test_unknown_static_direction_fails_clearly():
+    with pytest.raises(ValueError, match="static_directions"):
+        sv.ex.run(named_configs=["tiny"], config_updates={**TINY, "model": {"static_directions": ["backward"]}})
+
+
+# ------------------------------------------------------------------------------------------------ seeds command
+def test_seeds_command_writes_one_file_per_seed_skips_finished_and_reports(tmp_path, monkeypatch):
+    import experiments.static_vs_dynamic_seeds as seeds
+
+    monkeypatch.chdir(tmp_path)
+    assert seeds.main(["--scale", "tiny", "--seeds", "0,1"]) == 0
+    for s in (0, 1):
+        assert seeds.seed_file("tiny", s).is_file()
+    doc = json.loads((tmp_path / "results" / "static_vs_dynamic.json").read_text())
+    assert {"scale", "machine", "date", "command", "seeds"} <= set(doc) and doc["seeds"] == [0, 1]
+    assert doc["scale"] == "tiny" and "--seeds 0,1" in doc["command"]
+    for l in ("1", "2", "3"):
+        st, dy = doc["static"]["test_mse"][l], doc["dynamic"]["test_mse"][l]
+        assert len(st) == len(dy) == 2 and dy[0] != dy[1]  # seeds differ
+        assert doc["ratio"][l] == pytest.approx([d / s for d, s in zip(dy, st)], rel=1e-12)
+        assert doc["ratio_mean"][l] == pytest.approx(sum(doc["ratio"][l]) / 2)
+        assert set(doc["static"]["direction"][l]) <= {"forward", "bidirectional"}
+    assert doc["targets"] == {"1": 1.1, "2": 0.33, "3": 0.33}
+    assert (tmp_path / "results" / "static_vs_dynamic.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "| 2 |" in (tmp_path / "results" / "static_vs_dynamic.md").read_text()
+
+    # finished seeds are skipped: a rerun with one more seed runs only that one
+    ran = []
+    real = seeds.run_seed
+    monkeypatch.setattr(seeds, "run_seed", lambda scale, s: ran.append(s) or real(scale, s))
+    assert seeds.main(["--scale", "tiny", "--seeds", "0,1,2"]) == 0
+    assert ran == [2]
+    assert json.loads((tmp_path / "results" / "static_vs_dynamic.json").read_text())["seeds"] == [0, 1, 2]

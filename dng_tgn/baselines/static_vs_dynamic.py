@@ -168,8 +168,9 @@ class StaticMPNN(ActivationFitter):
 
     Args (beyond :class:`ActivationFitter`):
         edge_updates: Kofinas et al.'s edge update (the last round's is omitted: nothing reads it).
-        bidirectional: also pass messages backwards along reversed edges (off in §7, whose analysis,
-            §3.3, has messages flow forward only).
+        bidirectional: also pass messages backwards along reversed edges (§7's text and §3.3's analysis have
+            messages flow forward only; the §7 task trains both and reports, per layer, the direction with the
+            lower static validation MSE, so the baseline is the strongest static model, not the weaker one).
     """
 
     def __init__(self, hidden_dim: int = 64, num_layers: int = 3, num_slots: int = 1, share_weights: bool = False,
