@@ -11,7 +11,7 @@ accuracy (§8.2). ``encoder.kind=ng_gnn`` swaps in the static NG-GNN baseline. M
 
 Run: ``python -m experiments.cnn_generalization with data.root=/path/to/zoo`` (small CPU default),
 ``... with paper data.root=/path/to/cifar10_gs data.split_file=/path/to/cifar10_split.csv`` (F.2),
-``encoder.kind=ng_gnn`` for the baseline, ``runtime.resume=runs/cnn_generalization/<id>`` to continue a run;
+``encoder.kind=ng_gnn`` (or ``mlp``, ``nfn_np``, ``nfn_hnp``) for the baselines, ``runtime.resume=runs/cnn_generalization/<id>`` to continue a run;
 ``--mongo mongodb://host:27017/db`` or ``$DNG_MONGO_URL`` adds MongoDB.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ ex.captured_out_filter = apply_backspaces_and_linefeeds
 @ex.config
 def config():
     seed = 0  # batch order and initialisation derive from it
-    head = dict(hidden=256, layers=3, dropout=0.0)  # MLP head on the embedding (F.2: hidden 1024)
+    head = dict(hidden=256, layers=3, dropout=0.0, loss="bce")  # MLP head (F.2: hidden 1024); loss bce | mse
 
 
 @ex.named_config

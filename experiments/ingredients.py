@@ -4,7 +4,7 @@
   (``encoder.dng.*``, ``encoder.ng_gnn.*``); ``with encoder.kind=ng_gnn`` runs the static baseline.
 * ``optim`` (or a phase name, e.g. INR2JLS's ``recon`` and ``cls``): optimiser and schedule of one phase.
 * ``data``: where the data lives and how much of it to use; each experiment adds its own keys.
-* ``runtime``: where and how the run executes (device, execution path, threads, resume, checkpoints).
+* ``runtime``: where and how the run executes (device, execution path, threads, resume, checkpoints, amp).
 
 Each experiment builds its own instances with its own defaults (``encoder_ingredient(dng=...)``); the keys and
 their documentation are the same everywhere. Choices are checked in a config hook, so a bad one
@@ -18,7 +18,9 @@ from sacred import Ingredient
 
 from dng_tgn.device import default_device, resolve_device
 from dng_tgn.nn.factory import EncoderKind
+from dng_tgn.nn.memory import CellInput, UpdateCell
 from dng_tgn.nn.paths import ExecutionPath
+from dng_tgn.nn.precision import check_amp
 
 __all__ = ["encoder_ingredient", "optim_ingredient", "data_ingredient", "runtime_ingredient", "ingredient_configs"]
 
@@ -40,16 +42,30 @@ def encoder_ingredient(**defaults) -> Ingredient:
 
     @ing.config
     def config():
-        kind = "dng"  # "dng" (DNG-Encoder, §5), "ng_gnn" (static NG-GNN, Kofinas et al. 2024) or "mlp" (flat weights)
-        dng = dict(memory_dim=64, fourier_size=32, fourier_scale=3.0)  # DNGEncoder kwargs
+        kind = "dng"  # "dng" (DNG-Encoder, §5), "ng_gnn" (static NG-GNN, Kofinas et al. 2024), "mlp" (flat weights), "nfn_np" / "nfn_hnp" (NFN)
+        # Ablations (DNGMemory documents each; these defaults are the paper's model):
+        # cell "gru" | "rnn" (tanh) | "rnn_relu"; gru_input "message" (ours) | "node" (the authors' order);
+        # rnn_layers: recurrence passes per timestamp; shared_message: one phi_m for all timestamps;
+        # per_timestamp_update: one phi_u per timestamp; positional_embedding: learned layer embedding on v_i;
+        # activation_embedding: learned non-linearity embedding on v_i (Table 6).
+        # DNGEncoder kwargs (the ablation keys are explained above)
+        dng = dict(memory_dim=64, fourier_size=32, fourier_scale=3.0, cell="gru", gru_input="message", rnn_layers=1,
+                   shared_message=False, per_timestamp_update=False, positional_embedding=False,
+                   activation_embedding=False)
         ng_gnn = dict(hidden_dim=64, num_layers=3, out_dim=64, fourier_size=32, fourier_scale=3.0)  # NGGNN kwargs
         mlp = dict(hidden_dim=256, num_layers=3, out_dim=64, dropout=0.0)  # flat-weights MLP (Table 7's baseline)
+        # NFN (kinds nfn_np / nfn_hnp), the NFN paper's CNN-zoo generalization model: channels 16, 16, 5, HNP pooling
+        nfn = dict(channels=[16, 16, 5], out_dim=64, head_hidden=1000, head_layers=2, pool="hnp", dropout=0.0)
 
     ing.add_config(defaults)
 
     @ing.config_hook
     def check(config, command_name, logger):
         _check("encoder.kind", EncoderKind.parse, config["encoder"]["kind"])
+        dng = config["encoder"].get("dng") or {}
+        for key, parse in (("cell", UpdateCell.parse), ("gru_input", CellInput.parse)):
+            if key in dng:
+                _check(f"encoder.dng.{key}", parse, dng[key])
         return {}
 
     return ing
@@ -101,6 +117,7 @@ def runtime_ingredient(**defaults) -> Ingredient:
         checkpoint_dir = None  # None: the run's file-storage directory
         keep_checkpoints = 2  # checkpoints kept per training phase, besides the best one (>= 1)
         eval_batch_size = 128  # networks per evaluation batch
+        amp = None  # mixed precision of the training steps: None (fp32), "bf16" (CPU and CUDA), "fp16" (CUDA, scaled)
 
     ing.add_config(defaults)
 
@@ -109,6 +126,7 @@ def runtime_ingredient(**defaults) -> Ingredient:
         runtime = config["runtime"]
         _check("runtime.device", resolve_device, runtime["device"])
         _check("runtime.path", ExecutionPath.parse, runtime["path"])
+        _check("runtime.amp", lambda v: check_amp(v, resolve_device(runtime["device"])), runtime.get("amp"))
         if not isinstance(runtime["keep_checkpoints"], int) or runtime["keep_checkpoints"] < 1:
             raise ConfigChoiceError(f"runtime.keep_checkpoints={runtime['keep_checkpoints']!r}: need an integer >= 1 "
                                     f"(the latest checkpoint is what a resume needs)")

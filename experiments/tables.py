@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import platform
 import statistics
 import sys
@@ -43,6 +44,10 @@ class Row:
     seeds: int = 3
     datasets: tuple[str, ...] | None = None  # None: every dataset of the table
     missing: str | None = None  # why this row cannot run yet
+    not_applicable: Mapping[str, str] = field(default_factory=dict)  # dataset -> why the method cannot take it
+    # the name of a row whose configuration this row's is, exactly (Table 2's rotation/flip row is the bench
+    # default): its runs are that row's, reported under both names, never computed twice
+    same_as: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,16 +63,31 @@ class Table:
 
 # ------------------------------------------------------------------------------------------------ row results
 def inr_result(summary: Mapping, run_dir: Path | None) -> dict:
-    """The INR table's fields from an inr2jls run's summary."""
-    return {"test_acc": summary["test"]["accuracy"], "params": summary["params"]["inr2jls"] + summary["params"]["classifier"],
-            "train_s": summary["seconds"], "recon_mse_ratio": summary["test"]["recon_mse"] / summary["mean_image_mse"],
+    """The INR table's fields from an inr2jls run's summary (any variant; encoder-only runs have no recon MSE)."""
+    params = summary["params"]
+    mse = summary["test"]["recon_mse"]
+    return {"test_acc": summary["test"]["accuracy"],
+            "params": params.get("total", params["inr2jls"] + params["classifier"]), "train_s": summary["seconds"],
+            "recon_mse_ratio": None if mse is None else mse / summary["mean_image_mse"],
             "history": _history(run_dir, "cls.val.accuracy")}
 
 
 def generalization_result(summary: Mapping, run_dir: Path | None) -> dict:
-    name = "cnn_generalization" if run_dir is None or "cnn" in str(run_dir) else "vit_generalization"
-    return {"tau": summary["test"]["kendall_tau"], "r2": summary["test"]["r2"], "params": summary["params"],
-            "train_s": summary["seconds"], "history": _history(run_dir, f"{name}.val.kendall_tau")}
+    """τ and R² on test; the validation collapse check (R², std(pred)/std(target)); the per-net test predictions."""
+    name = next((n for n in ("wild_park", "vit", "cnn") if run_dir is not None and n in str(run_dir)), "cnn")
+    name = {"wild_park": "wild_park_generalization"}.get(name, f"{name}_generalization")
+    out = {"tau": summary["test"]["kendall_tau"], "r2": summary["test"]["r2"], "params": summary["params"],
+           "train_s": summary["seconds"], "history": _history(run_dir, f"{name}.val.kendall_tau")}
+    val = summary.get("val") or {}
+    out.update(val_r2=val.get("r2"), std_ratio=val.get("std_ratio"), collapsed=val.get("collapsed"))
+    if "test_unseen" in summary:  # the Wild Park: held-out architectures
+        out["tau_unseen"] = summary["test_unseen"]["kendall_tau"]
+    if run_dir is not None and (run_dir / f"{name}_test_predictions.csv").is_file():
+        import pandas as pd
+
+        pred = pd.read_csv(run_dir / f"{name}_test_predictions.csv")
+        out["predictions"] = {"target": pred["target"].tolist(), "prediction": pred["prediction"].tolist()}
+    return out
 
 
 def _history(run_dir: Path | None, metric: str) -> list[list[float]]:
@@ -91,26 +111,33 @@ def weight_stats_inr(root: Path, dataset: str, seed: int) -> dict:
             "train_s": time.perf_counter() - t0, "recon_mse_ratio": None, "history": []}
 
 
+_PIXEL_SPLITS: dict[tuple[str, bool], dict] = {}  # (root, rendered) -> splits: the seeds of a row load them once
+
+
 def pixel_cnn(rendered: bool):
     """F.1.2's classifier on pixels: the INRs' source images (``rendered=False``) or the images they render."""
     def run(root: Path, dataset: str, seed: int) -> dict:
         from dng_tgn.baselines.pixel_cnn import source_images, train_pixel_classifier
         from experiments.inr2jls import BENCH
 
-        if rendered:
-            from dng_tgn.data import NFNSirenDataset
-            from dng_tgn.data.rendered_inrs import INRSet, resolve_image_shape
+        key = (str(Path(root).resolve()), rendered)
+        if key not in _PIXEL_SPLITS:  # once per row, not per seed: reading INR files ran at ~400/s on 2 busy cores
+            if rendered:
+                from dng_tgn.data import NFNSirenDataset
+                from dng_tgn.data.rendered_inrs import INRSet, resolve_image_shape
 
-            shape = resolve_image_shape(root, None)
-            sets = {s: INRSet.from_dataset(NFNSirenDataset(root, s), shape, 30.0, desc=s) for s in ("train", "val", "test")}
-            splits = {s: (d.images, d.labels) for s, d in sets.items()}
-        else:
-            splits = source_images(root)
+                shape = resolve_image_shape(root, None)
+                sets = {s: INRSet.from_dataset(NFNSirenDataset(root, s), shape, 30.0, desc=s)
+                        for s in ("train", "val", "test")}
+                _PIXEL_SPLITS[key] = {s: (d.images, d.labels) for s, d in sets.items()}
+            else:
+                _PIXEL_SPLITS[key] = source_images(root)
+        splits = _PIXEL_SPLITS[key]
         cls = BENCH["cls"]
         out = train_pixel_classifier(splits, seed=seed, steps=cls["steps"], batch_size=cls["batch_size"], lr=cls["lr"],
                                      weight_decay=cls["weight_decay"], eval_every=cls["eval_every"], patience=cls["patience"],
                                      classifier=BENCH["classifier"])
-        out.update(recon_mse_ratio=None, history=[])
+        out.update(recon_mse_ratio=None)
         return out
     return run
 
@@ -119,16 +146,19 @@ def weight_stats_generalization(model_kind: str):
     def run(root: Path, dataset: str, seed: int) -> dict:
         from dng_tgn.baselines.weight_stats import WeightStatsBaseline, weight_statistics
         from dng_tgn.tasks.generalization import load_cnn_zoo, load_vit_zoo
-        from dng_tgn.training import kendall_tau, r2_score
+        from dng_tgn.training import collapse_check, kendall_tau, r2_score
 
         t0 = time.perf_counter()
         zoo = load_vit_zoo(root) if dataset.startswith("vit") else load_cnn_zoo(root)
         xy = {s: (weight_statistics(d.params), d.targets.numpy()) for s, d in
               (("train", zoo.train), ("val", zoo.val), ("test", zoo.test))}
         model = WeightStatsBaseline.fit_tuned(model_kind, xy["train"], xy["val"], kendall_tau, seed=seed)
+        check = collapse_check(model.predict(xy["val"][0]), xy["val"][1], f"{dataset}/{model_kind}")
         pred = model.predict(xy["test"][0])
         return {"tau": kendall_tau(pred, xy["test"][1]), "r2": r2_score(pred, xy["test"][1]), "params": None,
-                "train_s": time.perf_counter() - t0, "history": []}
+                "train_s": time.perf_counter() - t0, "history": [], "val_r2": check["r2"],
+                "std_ratio": check["std_ratio"], "collapsed": check["collapsed"],
+                "predictions": {"target": xy["test"][1].tolist(), "prediction": pred.tolist()}}
     return run
 
 
@@ -139,42 +169,64 @@ INR_ROWS = (
     Row("ng_gnn", "inr2jls", ("bench",), {"encoder": {"kind": "ng_gnn", "ng_gnn": {"bidirectional": True, "dropout": 0.2}}}),
     Row("mlp", "inr2jls", ("bench",), {"encoder": {"kind": "mlp"}}),
     Row("weight_stats", direct=weight_stats_inr),
-    Row("dng_encoder_only", missing=_NEEDS + "an encoder-only classifier task (MLP on s(t^L))"),
-    Row("inr2jls_no_latent_gen", missing=_NEEDS + "INR2JLS with an MLP decoder instead of the Latent Generator"),
-    Row("inr2inr", missing=_NEEDS + "the INR-to-INR reconstruction variant"),
-    Row("nfn_np", missing=_NEEDS + "NFN layers (the nfn package is not installed; its NP layer is not written here)"),
-    Row("nfn_hnp", missing=_NEEDS + "NFN HNP layers"),
+    # Table 2: the frameworks beside INR2JLS (experiments/inr2jls.py `variant`); encoder-only has no image phase, so
+    # no image augmentation; INR-INR reconstructs the SIREN, which renders one view
+    Row("dng_encoder_only", "inr2jls", ("bench",), {"variant": "encoder_only", "model": {"augment": False}}),
+    Row("inr2jls_no_latent_gen", "inr2jls", ("bench",), {"variant": "no_latent_gen"}),
+    Row("inr2inr", "inr2jls", ("bench",), {"variant": "inr2inr", "model": {"augment": False}}),
+    # Table 1's NFN rows: NFN classifies INRs end to end (Zhou et al.), i.e. the encoder-only pipeline with NFN layers
+    Row("nfn_np", "inr2jls", ("bench",), {"variant": "encoder_only", "encoder": {"kind": "nfn_np"},
+                                          "model": {"augment": False}}),
+    Row("nfn_hnp", "inr2jls", ("bench",), {"variant": "encoder_only", "encoder": {"kind": "nfn_hnp"},
+                                           "model": {"augment": False}}),
     Row("pixel_cnn", direct=pixel_cnn(rendered=False)),
     Row("pixel_cnn_rendered", direct=pixel_cnn(rendered=True)),
     Row("aug_none", "inr2jls", ("bench",), {"data": {"extra_aug": 0}, "model": {"augment": False}}, seeds=2,
         datasets=("fashion",)),
-    Row("aug_noise", seeds=2, datasets=("fashion",), missing=_NEEDS + "Gaussian image-noise views (F.3, std 0.06)"),
-    Row("aug_rotflip", "inr2jls", ("bench",), {"model": {"augment": True}}, seeds=2, datasets=("fashion",)),
-    Row("aug_both", seeds=2, datasets=("fashion",), missing=_NEEDS + "Gaussian image-noise views (F.3, std 0.06)"),
-    Row("pos_emb", seeds=2, datasets=("fashion",), missing=_NEEDS + "positional embeddings in the DNG memory"),
-    Row("act_emb", seeds=2, datasets=("fashion",), missing=_NEEDS + "non-linearity embeddings (Table 6)"),
-    Row("rnn_cell", seeds=2, datasets=("fashion",), missing=_NEEDS + "a plain-RNN updater option"),
-    Row("gru_message_as_hidden", seeds=2, datasets=("fashion",), missing=_NEEDS + "the authors' GRU argument order"),
-    Row("stacked_2", seeds=2, datasets=("fashion",), missing=_NEEDS + "stacked recurrence passes"),
-    Row("shared_phi_u", seeds=2, datasets=("fashion",), missing=_NEEDS + "one φ_u shared across timestamps"),
+    Row("aug_noise", "inr2jls", ("bench",), {"data": {"extra_aug": 0}, "model": {"augment": False, "noise_std": 0.06}},
+        seeds=2, datasets=("fashion",)),
+    Row("aug_rotflip", "inr2jls", ("bench",), {"model": {"augment": True}}, seeds=2, datasets=("fashion",),
+        same_as="inr2jls"),  # `bench` already trains on the F.3 views and the SIREN copies
+    Row("aug_both", "inr2jls", ("bench",), {"model": {"augment": True, "noise_std": 0.06}}, seeds=2, datasets=("fashion",)),
+    # Tables 4/6 and the authors' code: the DNG memory's options (dng_tgn.nn.memory.DNGMemory), one per row, each
+    # against `inr2jls` (the default: GRU with the message as input, 1 pass, per-timestamp φ_m, one shared φ_u)
+    *(Row(name, "inr2jls", ("bench",), {"encoder": {"dng": dng}}, seeds=2, datasets=("fashion",)) for name, dng in (
+        ("pos_emb", {"positional_embedding": True}),  # §9.5: a learned embedding of the node's layer
+        ("act_emb", {"activation_embedding": True}),  # §9.6: a learned embedding of the node's non-linearity
+        ("rnn_cell", {"cell": "rnn"}),  # a tanh RNN cell instead of the GRU
+        ("gru_message_as_hidden", {"gru_input": "node"}),  # the authors' order: v_i is the input, m_i the hidden state
+        ("stacked_2", {"rnn_layers": 2}),  # the authors' rnn_layer=2: a second cell pass on the first one's output
+        # our φ_u is already shared by all timestamps (App. A), so its ablation is one φ_u^{t^l} per timestamp
+        # (Eq. 6 as printed); φ_m is per timestamp (Eq. 4/5), so its ablation is one φ_m for all timestamps
+        ("per_timestamp_phi_u", {"per_timestamp_update": True}),
+        ("shared_phi_m", {"shared_message": True}),
+    )),
 )
+_MIXED = "not applicable: needs one architecture (the Wild Park mixes depths, widths, kernels, residuals)"
+_NOT_CHAIN = "not applicable: NFN's layers take a chain of Linear/Conv layers, not attention"
 GENERALIZATION_ROWS = (
     Row("dng", "cnn_generalization", ("bench",)),
-    Row("ng_gnn", "cnn_generalization", ("bench",), {"encoder": {"kind": "ng_gnn", "ng_gnn": {"hidden_dim": 256}}}),
-    Row("mlp", "cnn_generalization", ("bench",), {"encoder": {"kind": "mlp"}}),
-    Row("weight_stats_ridge", direct=weight_stats_generalization("ridge")),
-    Row("statnn", direct=weight_stats_generalization("gbt")),
-    Row("nfn_np", missing=_NEEDS + "NFN layers"),
-    Row("nfn_hnp", missing=_NEEDS + "NFN HNP layers"),
+    # Kofinas et al.'s CNN-zoo configuration: hidden 256, forward edges only (NG-GNN's default), MSE
+    Row("ng_gnn", "cnn_generalization", ("bench",), {"encoder": {"kind": "ng_gnn", "ng_gnn": {"hidden_dim": 256}},
+                                                     "head": {"loss": "mse"}}),
+    Row("mlp", "cnn_generalization", ("bench",), {"encoder": {"kind": "mlp"}}, not_applicable={"cnn_wild_park": _MIXED}),
+    Row("weight_stats_ridge", direct=weight_stats_generalization("ridge"), not_applicable={"cnn_wild_park": _MIXED}),
+    Row("statnn", direct=weight_stats_generalization("gbt"), not_applicable={"cnn_wild_park": _MIXED}),
+    # NFN (Zhou et al. 2023), the CNN-zoo configuration of its paper, same head / BCE / budget as every learned row
+    Row("nfn_np", "cnn_generalization", ("bench",), {"encoder": {"kind": "nfn_np"}},
+        not_applicable={"vit_fashion": _NOT_CHAIN, "cnn_wild_park": _MIXED}),
+    Row("nfn_hnp", "cnn_generalization", ("bench",), {"encoder": {"kind": "nfn_hnp"}},
+        not_applicable={"vit_fashion": _NOT_CHAIN, "cnn_wild_park": _MIXED}),
 )
 TABLES = {
     "inr": Table("inr_classification", "INR classification (Tables 1, 2, 4, 6)", "test_acc", "test accuracy",
                  ("fashion", "mnist"), lambda d: f"{d}_inrs", INR_ROWS),
     "generalization": Table("generalization", "Generalization prediction (Tables 3, 7)", "tau", "Kendall τ",
-                            ("cnn_fashion", "cnn_mnist", "vit_fashion"), lambda d: d, GENERALIZATION_ROWS),
+                            ("cnn_fashion", "cnn_mnist", "vit_fashion", "cnn_wild_park"), lambda d: d,
+                            GENERALIZATION_ROWS),
 }
 ROW_RESULT = {"inr2jls": inr_result, "cnn_generalization": generalization_result,
-              "vit_generalization": generalization_result}
+              "vit_generalization": generalization_result, "wild_park_generalization": generalization_result}
 MAIN_ROWS_ONLY = {"mnist": {"inr2jls", "ng_gnn", "mlp", "weight_stats", "nfn_hnp", "pixel_cnn"}}
 
 
@@ -198,6 +250,8 @@ def run_one(table: Table, row: Row, dataset: str, seed: int, data_dir: Path, sca
     experiment = row.experiment
     if table.name == "generalization" and dataset.startswith("vit"):
         experiment = "vit_generalization"
+    if table.name == "generalization" and dataset == "cnn_wild_park":
+        experiment = "wild_park_generalization"
     ex = importlib.import_module(f"experiments.{experiment}").ex
     updates = _merge({"seed": seed, "data": {"root": str(root)}}, dict(row.updates))
     names = tuple(n for n in row.named_configs if n != "bench" or scale == "bench")
@@ -216,7 +270,8 @@ def _merge(a: dict, b: Mapping) -> dict:
 
 def run_table(table: Table, rows: list[Row], datasets: list[str], seeds: list[int] | None, data_dir: Path,
               scale: str, command: str) -> None:
-    plan = [(d, r, s) for d in datasets for r in rows if r.missing is None and applies(r, d)
+    plan = [(d, r, s) for d in datasets for r in rows if r.missing is None and r.same_as is None and applies(r, d)
+            and d not in r.not_applicable
             for s in (seeds if seeds is not None else range(r.seeds))]
     todo = [p for p in plan if not row_file(table, p[0], p[1].name, p[2]).is_file()]
     print(f"{table.name}: {len(plan)} runs planned, {len(plan) - len(todo)} already done, {len(todo)} to run", flush=True)
@@ -231,6 +286,11 @@ def run_table(table: Table, rows: list[Row], datasets: list[str], seeds: list[in
                       date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
         path = row_file(table, dataset, row.name, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
+        predictions = result.pop("predictions", None)
+        if predictions is not None:  # per-net test predictions, for the paired bootstrap (written before the row)
+            import pandas as pd
+
+            pd.DataFrame(predictions).to_csv(path.with_suffix(".predictions.csv"), index_label="index")
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(path)  # a row file exists only once it is complete
@@ -253,31 +313,86 @@ def collect(table: Table) -> list[dict]:
         for row in table.rows:
             if not applies(row, dataset):
                 continue
-            files = sorted((RESULTS / "rows" / table.name / dataset / row.name).glob("seed*.json"))
+            source = row.same_as or row.name
+            files = sorted((RESULTS / "rows" / table.name / dataset / source).glob("seed*.json"))
             runs = [json.loads(f.read_text()) for f in files]
             entry = {"name": row.name, "dataset": dataset, "seeds": [r["seed"] for r in runs],
                      table.metric: [r[table.metric] for r in runs]}
             vals = entry[table.metric]
-            entry["mean"] = statistics.fmean(vals) if vals else None
-            entry["std"] = statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None)
+            # math.fsum: a NaN value (τ of a constant prediction) gives a NaN mean instead of crashing the report
+            entry["mean"] = math.fsum(vals) / len(vals) if vals else None
+            entry["std"] = (math.sqrt(math.fsum((v - entry["mean"]) ** 2 for v in vals) / (len(vals) - 1))
+                            if len(vals) > 1 else (0.0 if vals else None))
             entry["params"] = runs[0]["params"] if runs else None
             entry["train_s"] = statistics.fmean(r["train_s"] for r in runs) if runs else None
-            for extra in ("recon_mse_ratio", "r2"):
+            for extra in ("recon_mse_ratio", "r2", "std_ratio", "tau_unseen"):
                 if runs and extra in runs[0]:
                     xs = [r[extra] for r in runs if r[extra] is not None]
                     entry[extra] = statistics.fmean(xs) if xs else None
+            if runs and "collapsed" in runs[0]:
+                entry["collapsed_seeds"] = [r["seed"] for r in runs if r.get("collapsed")]
             if not runs:
-                entry["not_run"] = row.missing or "pending: run the command above"
+                entry["not_run"] = row.not_applicable.get(dataset) or row.missing or "pending: run the command above"
             entry["history"] = [r.get("history", []) for r in runs]
+            if row.same_as:
+                entry["same_as"] = row.same_as
             rows.append(entry)
     return rows
 
 
-def write_report(table: Table, scale: str, command: str) -> None:
+PAIRED_REFERENCE = "dng"  # the paired bootstrap compares this row with every other row of its dataset
+PAIRED_BOOTSTRAP = 1000  # resamples of the test nets per comparison
+
+
+def paired_comparisons(table: Table, n_boot: int | None = None) -> list[dict]:
+    """Paired bootstrap over test nets of ``dng`` against each other row, per dataset, on seed-matched predictions.
+
+    Reads ``results/rows/<table>/<dataset>/<row>/seed<k>.predictions.csv`` (written when a run finishes); seeds that
+    both rows have are paired (seed k of one with seed k of the other); rows whose test nets differ are refused.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from dng_tgn.training import paired_bootstrap_tau
+
+    def preds(dataset, row):
+        folder = RESULTS / "rows" / table.name / dataset / row
+        return {int(f.name[len("seed"):].split(".")[0]): pd.read_csv(f) for f in sorted(folder.glob("seed*.predictions.csv"))}
+
+    out = []
+    for dataset in table.datasets:
+        ref = preds(dataset, PAIRED_REFERENCE)
+        for row in table.rows:
+            if row.name == PAIRED_REFERENCE or not ref:
+                continue
+            other = preds(dataset, row.name)
+            seeds = sorted(set(ref) & set(other))
+            if not seeds:
+                continue
+            y = ref[seeds[0]]["target"].to_numpy()
+            for k in seeds:
+                for name, df in ((PAIRED_REFERENCE, ref[k]), (row.name, other[k])):
+                    if len(df) != len(y) or not np.allclose(df["target"].to_numpy(), y):
+                        raise ValueError(f"{dataset}/{name} seed {k}: its test nets differ from {PAIRED_REFERENCE} seed "
+                                         f"{seeds[0]}'s; a paired comparison needs the same nets in the same order")
+            a = np.stack([ref[k]["prediction"].to_numpy() for k in seeds])
+            b = np.stack([other[k]["prediction"].to_numpy() for k in seeds])
+            res = paired_bootstrap_tau(a, b, y, n_boot=n_boot or PAIRED_BOOTSTRAP, seed=0)
+            out.append({"dataset": dataset, "a": PAIRED_REFERENCE, "b": row.name, "delta_tau": res["delta_tau"],
+                        "ci95": res["ci95"], "seeds": seeds, "n_nets": res["n_nets"], "n_boot": res["n_boot"]})
+    return out
+
+
+def write_report(table: Table, scale: str, command: str, paired: bool = False) -> None:
+    """``paired``: recompute the paired bootstrap (slow: every comparison resamples); otherwise keep the last one."""
     rows = collect(table)
     RESULTS.mkdir(exist_ok=True)
     doc = {"scale": scale, "machine": machine(), "date": dt.date.today().isoformat(), "command": command,
            "rows": [{k: v for k, v in r.items() if k != "history"} for r in rows]}
+    if table.metric == "tau":
+        old = RESULTS / f"{table.name}.json"
+        doc["paired"] = (paired_comparisons(table) if paired else
+                         json.loads(old.read_text()).get("paired", []) if old.is_file() else [])
     (RESULTS / f"{table.name}.json").write_text(json.dumps(doc, indent=1))
     fig = _figure(table, rows)
     lines = [f"# {table.title}", "", f"Scale `{scale}`; machine: {doc['machine']}; date {doc['date']}.",
@@ -293,12 +408,40 @@ def write_report(table: Table, scale: str, command: str) -> None:
         fmt = "{:.2f}" if table.metric == "test_acc" else "{:.3f}"
         val = f"{fmt.format(r['mean'] * scale_pct)} ± {fmt.format(r['std'] * scale_pct)}"
         ex = r.get("recon_mse_ratio" if table.metric == "test_acc" else "r2")
-        lines.append(f"| {r['dataset']} | {r['name']} | {val} | {len(r['seeds'])} | {r['params'] or '—'} | "
+        name = f"{r['name']} (= {r['same_as']}: the same runs)" if r.get("same_as") else r["name"]
+        lines.append(f"| {r['dataset']} | {name} | {val} | {len(r['seeds'])} | {r['params'] or '—'} | "
                      f"{r['train_s']:.0f} | {'—' if ex is None else f'{ex:.3f}'} |")
     if fig:
         lines += ["", f"![validation curves]({fig.name})", "",
                   "The curves are validation metrics during training (what early stopping sees), one line per seed."]
+    if table.metric == "tau":
+        lines = _generalization_lines(lines, rows, doc["paired"])
     (RESULTS / f"{table.name}.md").write_text("\n".join(lines) + "\n")
+
+
+def _generalization_lines(lines: list[str], rows: list[dict], paired: list[dict]) -> list[str]:
+    """The generalization table: τ with the collapse check (validation R², std(pred)/std(target)), unseen τ, paired."""
+    head = lines[:lines.index(next(x for x in lines if x.startswith("| dataset")))]
+    out = head + ["| dataset | row | Kendall τ | seeds | params | train s | test R² | val std(pred)/std(target) | "
+                  "τ unseen archs |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    f = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    for r in rows:
+        if r["mean"] is None:
+            out.append(f"| {r['dataset']} | {r['name']} | not run: {r.get('not_run', 'pending')} | | | | | | |")
+            continue
+        collapsed = r.get("collapsed_seeds") or []
+        ratio = f(r.get("std_ratio")) + (f" **COLLAPSED** (seeds {collapsed})" if collapsed else "")
+        out.append(f"| {r['dataset']} | {r['name']} | {r['mean']:.3f} ± {r['std']:.3f} | {len(r['seeds'])} | "
+                   f"{r['params'] or '—'} | {r['train_s']:.0f} | {f(r.get('r2'))} | {ratio} | {f(r.get('tau_unseen'))} |")
+    out += ["", "A validation std(pred)/std(target) below 0.1 marks a collapsed (near-constant) predictor; its τ is not "
+            "meaningful. On `cnn_wild_park` τ is on held-out nets of architectures seen in training and "
+            "\"τ unseen archs\" on architectures (depth/width) never seen in training."]
+    if paired:
+        out += ["", f"## Paired bootstrap over test nets ({paired[0]['n_boot']} resamples, seed-matched predictions)", "",
+                "| dataset | a | b | τ(a) − τ(b) | 95 % interval | seeds | test nets |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {p['dataset']} | {p['a']} | {p['b']} | {p['delta_tau']:+.3f} | [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | "
+                f"{len(p['seeds'])} | {p['n_nets']} |" for p in paired]
+    return out
 
 
 def _figure(table: Table, rows: list[dict]) -> Path | None:
@@ -357,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         run_table(table, rows, datasets, seeds, args.data_dir, args.scale, command)
-    write_report(table, args.scale, command)
+    write_report(table, args.scale, command, paired=True)
     print(f"wrote {RESULTS / (table.name + '.md')} and .json")
     return 0
 

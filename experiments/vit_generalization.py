@@ -35,7 +35,7 @@ ex.captured_out_filter = apply_backspaces_and_linefeeds
 @ex.config
 def config():
     seed = 0  # batch order and initialisation derive from it
-    head = dict(hidden=256, layers=3, dropout=0.0)  # MLP head on the embedding (F.2: hidden 1024)
+    head = dict(hidden=256, layers=3, dropout=0.0, loss="bce")  # MLP head (F.2: hidden 1024); loss bce | mse
 
 
 @ex.named_config

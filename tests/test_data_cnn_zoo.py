@@ -135,13 +135,14 @@ def built(tmp_path_factory):
 def test_build_tiny_zoo(built):
     w = np.load(built / "weights.npy")
     metrics = pd.read_csv(built / "metrics.csv.gz")
-    assert w.shape == (12, 4970) and len(metrics) == 12 and sorted(set(metrics.step)) == [0, 2]
+    assert w.shape == (12, 4970) and len(metrics) == 12 and sorted(set(metrics.step)) == [0, 86]
+    assert sorted(set(metrics.epoch)) == [0, 2]  # the final checkpoint is labelled 86, its real epoch kept
     for col in ("activation", "w_init", "init_std", "learning_rate", "optimizer", "l2reg", "dropout",
                 "train_fraction"):
         assert f"config.{col}" in metrics.columns
     split = pd.read_csv(built / "split.csv", header=None).values.flatten()
     assert sorted(split) == list(range(12))
-    start, final = metrics[metrics.step == 0], metrics[metrics.step == 2]
+    start, final = metrics[metrics.step == 0], metrics[metrics.step == 86]
     assert final.train_loss.median() < start.train_loss.median()  # training happened
     assert final.test_accuracy.std() > 0
     # the recorded accuracy is the saved network's real accuracy on the builder's evaluation images
@@ -159,6 +160,24 @@ def test_build_tiny_zoo(built):
         net.load_state_dict(sd)
         with torch.no_grad():
             assert (net(xt).argmax(1) == yt).float().mean().item() == pytest.approx(acc, abs=1e-6)
+
+
+def test_public_loaders_selecting_step_86_find_every_net(built):
+    """NFN's and neural-graphs' Small-CNN-Zoo loaders keep ``step == 86`` rows (the zoo's final epoch)."""
+    metrics = pd.read_csv(built / "metrics.csv.gz")
+    final = metrics[metrics.step == 86]  # what their loaders select, written out
+    assert sorted(final.model_id) == list(range(6))  # every network, once
+    assert (final.epoch == 2).all()
+    w = np.load(built / "weights.npy")
+    assert np.isfinite(w[final.index.to_numpy()]).any(axis=1).all()
+    assert len(CNNZooDataset(built, "all", final_step=86)) == len(CNNZooDataset(built, "all"))
+    # negative control: the real last epoch is not a step label any more, so selecting it finds nothing
+    assert (metrics.step == 2).sum() == 0
+
+
+def test_final_step_label_must_follow_the_checkpoints(tmp_path):
+    with pytest.raises(SystemExit):
+        build_cnn_zoo.parse_args(TINY + ["--out", str(tmp_path / "z"), "--checkpoints", "0,90,100"])
 
 
 def test_zoo_resume_and_corrupt_shard(tmp_path, monkeypatch):

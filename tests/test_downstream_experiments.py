@@ -171,7 +171,7 @@ def test_inr2jls_errors_name_the_fix(tmp_path, inr_root):
 
 
 # ------------------------------------------------------------------------------------------------ CNN / ViT
-@pytest.mark.parametrize("encoder", ["dng", "ng_gnn", "mlp"])
+@pytest.mark.parametrize("encoder", ["dng", "ng_gnn", "mlp", "nfn_np", "nfn_hnp"])
 def test_cnn_generalization_end_to_end(tmp_path, encoder):
     from experiments.cnn_generalization import ex
 
@@ -192,6 +192,11 @@ def test_cnn_generalization_end_to_end(tmp_path, encoder):
     assert (d / "cnn_generalization_scatter.png").read_bytes().startswith(PNG)
     # NFN's split of 24 final checkpoints: 12 test, 12 train+val cut 80/20
     assert json.loads((d / "info.json").read_text())["sizes"] == {"train": 9, "val": 3, "test": 12}
+    # collapse detection: validation R² and spread ratio of the restored best model are in the result, and the
+    # spread ratio is logged at every validation
+    v = r.result["val"]
+    assert set(v) == {"r2", "std_ratio", "collapsed"} and v["collapsed"] == (v["std_ratio"] < 0.1)
+    assert m["cnn_generalization.val.std_ratio"]["steps"] == [2, 4]
 
 
 def test_cnn_generalization_resume(tmp_path):
@@ -364,6 +369,7 @@ def test_print_config_is_clean_and_shares_the_ingredients(name, capsys):
 @pytest.mark.parametrize("name,bad,match", [
     ("cnn_generalization", {"encoder": {"kind": "foo"}}, r"encoder.kind='foo'.*'dng', 'ng_gnn'"),
     ("inr2jls", {"encoder": {"kind": "gnn"}}, r"encoder.kind='gnn'.*'dng', 'ng_gnn'"),
+    ("inr2jls", {"encoder": {"dng": {"cell": "lstm"}}}, r"encoder.dng.cell='lstm'.*'gru', 'rnn', 'rnn_relu'"),
     ("vit_generalization", {"runtime": {"path": "cuda"}}, r"runtime.path='cuda'.*'dgl', 'torch'"),
     ("static_vs_dynamic", {"runtime": {"path": "fast"}}, r"runtime.path='fast'.*'dgl', 'torch'"),
 ])

@@ -55,6 +55,21 @@ def test_rows_run_once_and_render_the_schema(tmp_path, results):
     assert {f: (results / f).stat().st_mtime_ns for f in files} == stamp
 
 
+def test_a_row_with_the_same_config_reports_the_other_rows_runs(tmp_path, results):
+    """``same_as``: never run twice, listed with the source row's numbers (control: a normal row is planned)."""
+    table, data_dir = tiny_table(tmp_path)
+    stats = next(r for r in table.rows if r.name == "weight_stats")
+    alias = tables.Row("weight_stats_again", direct=tables.weight_stats_inr, same_as="weight_stats")
+    table = tables.Table(table.name, table.title, table.metric, table.metric_label, table.datasets,
+                         table.data_folder, (stats, alias))
+    tables.run_table(table, [stats, alias], ["toy"], None, data_dir, "default", "cmd")
+    assert not (results / "rows" / "toy_inr" / "toy" / "weight_stats_again").exists()
+    by_name = {r["name"]: r for r in json.loads((results / "toy_inr.json").read_text())["rows"]}
+    assert by_name["weight_stats_again"]["test_acc"] == by_name["weight_stats"]["test_acc"]
+    assert len(by_name["weight_stats"]["test_acc"]) == 3 and by_name["weight_stats_again"]["same_as"] == "weight_stats"
+    assert "weight_stats_again (= weight_stats: the same runs)" in (results / "toy_inr.md").read_text()
+
+
 def test_unknown_rows_and_datasets_are_named(capsys):
     with pytest.raises(SystemExit):
         tables.main(["inr", "--rows", "inr2jls,nope", "--report"])

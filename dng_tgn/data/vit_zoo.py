@@ -31,10 +31,13 @@ from .shards import torch_load
 VIT_PYTORCH_LAYOUT = "vit-pytorch SimpleViT, current layout (transformer.norm + linear_head; 1.26.x)"
 
 
-def vit_split(n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded 80/10/10 split of model indices."""
+def vit_split(n: int, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> dict[str, np.ndarray]:
+    """Seeded split of model indices: App. E.2's 80/10/10 by default; ``fractions`` = (train, val, test)."""
+    fr = tuple(float(f) for f in fractions)
+    if len(fr) != 3 or min(fr) <= 0 or abs(sum(fr) - 1) > 1e-6:
+        raise ValueError(f"split fractions must be three positive numbers summing to 1, got {fractions!r}")
     perm = np.random.default_rng(seed).permutation(n)
-    a, b = int(round(0.8 * n)), int(round(0.9 * n))
+    a, b = int(round(fr[0] * n)), int(round((fr[0] + fr[1]) * n))
     return {"train": np.sort(perm[:a]), "val": np.sort(perm[a:b]), "test": np.sort(perm[b:]), "all": np.arange(n)}
 
 
@@ -78,9 +81,19 @@ def accuracy(stack: StackedViTs, idx: torch.Tensor, x: torch.Tensor, y: torch.Te
 
 
 def train_vits(model_kwargs, seeds, stop_epochs, x_train, y_train, x_test, y_test, steps_per_epoch: int,
-               batch_size: int = 64, lr: float = 1e-3, device="cpu", progress=None, loss_log=None):
-    """Train together; return ({name: (M, ...)} snapshots at each model's stop epoch, (M,) test accuracies)."""
+               batch_size: int = 64, lr: float = 1e-3, device="cpu", progress=None, loss_log=None, lrs=None):
+    """Train together; return ({name: (M, ...)} snapshots at each model's stop epoch, (M,) test accuracies).
+
+    ``lrs``: one learning rate per model (else ``lr`` for all). Adam's update is ``lr · m̂ / (√v̂ + ε)`` and its
+    moments do not depend on lr, so one Adam step at ``lr`` rescaled by ``lrs[m] / lr`` per model is exactly model
+    m's own Adam at ``lrs[m]``.
+    """
     m = len(seeds)
+    scale = None
+    if lrs is not None:
+        if len(lrs) != m:
+            raise ValueError(f"{len(lrs)} learning rates for {m} models")
+        scale = torch.as_tensor(lrs, dtype=torch.float32, device=device) / lr
     stack = StackedViTs(model_kwargs, seeds, device)
     opt = torch.optim.Adam(list(stack.params.values()), lr=lr)
     stop = torch.as_tensor(stop_epochs)
@@ -97,7 +110,13 @@ def train_vits(model_kwargs, seeds, stop_epochs, x_train, y_train, x_test, y_tes
                                        reduction="none").view(m, batch_size).mean(1)
                 opt.zero_grad(set_to_none=True)
                 loss.sum().backward()
+                before = None if scale is None else {k: v.detach().clone() for k, v in stack.params.items()}
                 opt.step()
+                if before is not None:
+                    with torch.no_grad():
+                        for k, v in stack.params.items():
+                            step = v - before[k]
+                            v.copy_(before[k] + scale.view((-1,) + (1,) * (v.dim() - 1)) * step)
                 if loss_log is not None:
                     loss_log.append(loss.detach().mean().item())
                 if progress is not None:
@@ -156,7 +175,9 @@ class ViTZooDataset(Dataset):
         if wrong:
             raise CorruptInputError(f"{root}/models.pt: per-model tensor shapes {wrong} (found, expected from "
                                     f"meta.json's model_kwargs)")
-        self.idx = vit_split(n, int(self.metadata.get("split_seed", 0)))[split]
+        # zoos written before split fractions were recorded use App. E.2's 80/10/10
+        self.idx = vit_split(n, int(self.metadata.get("split_seed", 0)),
+                             self.metadata.get("split_fractions", (0.8, 0.1, 0.1)))[split]
         self.params = params
         self.metrics = metrics.iloc[self.idx].reset_index(drop=True)
         self.targets = self.metrics["test_accuracy"].to_numpy(dtype=np.float64)

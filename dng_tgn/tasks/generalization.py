@@ -2,7 +2,11 @@
 
 One pipeline for the CNN zoo and the ViT zoo: the weight encoder (DNG-Encoder or NG-GNN) and an MLP head give
 one logit per network, trained with BCE on the accuracy; early stopping on validation Kendall τ; the test
-set's τ, R² and MSE are the result.
+set's τ, R² and MSE are the result. NFN (``encoder.kind=nfn_np|nfn_hnp``) reads stacked parameters instead of
+streams, with the same head, loss, budget and early stopping.
+
+Collapse detection: every run checks its best model on validation (R² and std(pred)/std(target),
+:func:`~dng_tgn.training.collapse_check`); a ratio < 0.1 warns, logs and sets ``val.collapsed`` in the result.
 """
 from __future__ import annotations
 
@@ -21,23 +25,28 @@ from ..nn.factory import EncoderKind, build_encoder, fit_degree_scaler, sized_en
 from ..nn.generalization import GeneralizationPredictor
 from ..nn.paths import ExecutionPath
 from ..tracking import log_figure, print_summary
-from ..training import EpochSampler, kendall_tau, r2_score, resolve_resume, seed_everything, train_loop
+from ..training import (EpochSampler, collapse_check, kendall_tau, r2_score, resolve_resume, seed_everything,
+                        spread_ratio, train_loop)
 from .common import checkpoint_dir, count_params, open_split, save_predictions, set_threads
 
-__all__ = ["GeneralizationData", "load_cnn_zoo", "load_vit_zoo", "predict", "scatter_figure", "run_generalization"]
+__all__ = ["GeneralizationData", "load_cnn_zoo", "load_vit_zoo", "load_wild_park", "predict", "scatter_figure",
+           "run_generalization"]
 
 CNN_ZOO_BUILD = "python -m dng_tgn.data.build_cnn_zoo --out <folder>"
 VIT_ZOO_BUILD = "python -m dng_tgn.data.build_vit_zoo --out <folder>"
+WILD_PARK_BUILD = "python -m dng_tgn.data.build_wild_park --out <folder>"
 
 
 class GeneralizationData:
     """The three splits of a zoo and what the encoder needs to know of its networks."""
 
     def __init__(self, train: StateDictSet, val: StateDictSet, test: StateDictSet, num_outputs: int, num_slots: int,
-                 info: Mapping | None = None):
+                 info: Mapping | None = None, extra_tests: Mapping | None = None):
         self.train, self.val, self.test = train, val, test
         self.num_outputs, self.num_slots = num_outputs, num_slots
         self.info = dict(info or {})
+        # more held-out sets scored like test (the Wild Park's unseen architectures), by name
+        self.extra_tests = dict(extra_tests or {})
 
 
 def load_cnn_zoo(root: Path, split_file: str | None = None, limit: int | None = None) -> GeneralizationData:
@@ -73,13 +82,45 @@ def load_vit_zoo(root: Path, limit: int | None = None) -> GeneralizationData:
                               info={"vit_kwargs": dict(ds.model_kwargs)})
 
 
+def model_inputs(data, idx, device, parameters: bool = False):
+    """``(encoder input, targets)`` of rows ``idx``: a stream batch, or (``parameters``) stacked parameter rows."""
+    if parameters:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return {k: v[idx].to(device) for k, v in data.params.items()}, data.targets[idx]
+    batch, y = data.batch(idx)
+    return batch.to(device), y
+
+
+def load_wild_park(root: Path, limit: int | None = None) -> GeneralizationData:
+    """A CNN Wild Park folder (``build_wild_park``'s): mixed architectures as pre-converted event streams.
+
+    train / val / test hold networks of *seen* architectures; ``extra_tests["test_unseen"]`` those of architectures
+    whose depth or width no training network has (scored like test, reported as ``test_unseen``).
+    """
+    from ..data.wild_park import StreamSet, WildParkDataset
+
+    def load(split):
+        ds = open_split(lambda s: WildParkDataset(root, s), root, split, "Wild Park", WILD_PARK_BUILD)
+        return StreamSet.from_dataset(ds, desc=f"wild park {split}", limit=limit)
+
+    train, val, test, unseen = (load(s) for s in ("train", "val", "test", "test_unseen"))
+    k = max(st.num_slots for d in (train, val, test, unseen) for st in d.streams)
+    seen = {str(a) for a in train.archs}
+    info = {"architectures": {"train": len(seen), "test_unseen": len({str(a) for a in unseen.archs})}}
+    if any(str(a) in seen for a in unseen.archs):
+        raise ValueError(f"{root}: an unseen-architecture network has a training architecture; the split is wrong")
+    return GeneralizationData(train, val, test, num_outputs=10, num_slots=k, info=info,
+                              extra_tests={"test_unseen": unseen})
+
+
 @torch.no_grad()
-def predict(model: GeneralizationPredictor, data: StateDictSet, batch_size: int, device) -> np.ndarray:
+def predict(model: GeneralizationPredictor, data: StateDictSet, batch_size: int, device,
+            parameters: bool = False) -> np.ndarray:
     """Predicted accuracies (sigmoid of the logits) of every network of ``data``, in order."""
     out = []
     for idx in data.chunks(batch_size):
-        batch, _ = data.batch(idx)
-        out.append(torch.sigmoid(model(batch.to(device))).cpu())
+        x, _ = model_inputs(data, idx, device, parameters)
+        out.append(torch.sigmoid(model(x)).cpu())
     return torch.cat(out).numpy()
 
 
@@ -101,7 +142,8 @@ def scatter_figure(pred: np.ndarray, target: np.ndarray, title: str):
 
 
 def _scores(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    return {"kendall_tau": kendall_tau(pred, y), "r2": r2_score(pred, y), "mse": float(np.mean((pred - y) ** 2))}
+    return {"kendall_tau": kendall_tau(pred, y), "r2": r2_score(pred, y), "mse": float(np.mean((pred - y) ** 2)),
+            "std_ratio": spread_ratio(pred, y)}
 
 
 def run_generalization(*, run, name: str, data: GeneralizationData, seed: int, encoder: Mapping, optim: Mapping,
@@ -121,12 +163,21 @@ def run_generalization(*, run, name: str, data: GeneralizationData, seed: int, e
     path = ExecutionPath.parse(runtime["path"])
     seed_everything(seed)
     train, val, test = data.train, data.val, data.test
-    probe = train.batch([0])[0]
-    dng, ng_gnn = sized_encoder_kwargs(encoder["dng"], encoder["ng_gnn"], probe)
-    enc = build_encoder(kind, num_outputs=data.num_outputs, num_slots=data.num_slots, dng=dng, ng_gnn=ng_gnn,
-                        mlp=encoder.get("mlp"), probe=probe,
-                        path=path)
-    fit_degree_scaler(enc, (train.batch(idx)[0] for idx in train.chunks(optim["batch_size"])[:4]))  # lazy: only NG-GNN reads it
+    by_params = kind.reads_parameters
+    if by_params and not hasattr(train, "params"):
+        raise ValueError(f"encoder.kind={kind.value!r} needs networks of one architecture as stacked parameters; "
+                         f"this zoo mixes architectures (mark the row as not applicable)")
+    if by_params:  # NFN: layout and input normalisation from the training split only
+        enc = build_encoder(kind, num_outputs=data.num_outputs, num_slots=data.num_slots, dng={}, ng_gnn={},
+                            nfn=encoder.get("nfn"), params=train.params)
+    else:
+        # mixed architectures: a probe with the set's deepest networks and largest kernels sizes the tables
+        probe = train.probe_batch() if hasattr(train, "probe_batch") else train.batch([0])[0]
+        dng, ng_gnn = sized_encoder_kwargs(encoder["dng"], encoder["ng_gnn"], probe)
+        enc = build_encoder(kind, num_outputs=data.num_outputs, num_slots=data.num_slots, dng=dng, ng_gnn=ng_gnn,
+                            mlp=encoder.get("mlp"), probe=probe,
+                            path=path)
+        fit_degree_scaler(enc, (train.batch(idx)[0] for idx in train.chunks(optim["batch_size"])[:4]))  # lazy: only NG-GNN reads it
     model = GeneralizationPredictor(enc, head["hidden"], head["layers"], head["dropout"]).to(dev)
     info = run.info if run is not None else {}
     info.update(data.info)
@@ -139,26 +190,38 @@ def run_generalization(*, run, name: str, data: GeneralizationData, seed: int, e
     total = optim["steps"] if optim["steps"] else optim["epochs"] * sampler.per_epoch
     eval_every = optim["eval_every"] or sampler.per_epoch
     eval_bs = runtime["eval_batch_size"]
-    bce = nn.BCEWithLogitsLoss()
+    # §8.2 / the authors' predictor: BCE on the sigmoid output; ``head.loss="mse"`` is Kofinas et al.'s CNN-zoo
+    # choice (MSE between the predicted and true accuracy, the prediction still sigmoid(logit))
+    loss_kind = str(head.get("loss", "bce")).lower()
+    if loss_kind not in ("bce", "mse"):
+        raise ValueError(f"head.loss must be 'bce' or 'mse', got {head.get('loss')!r}")
+    bce = nn.BCEWithLogitsLoss() if loss_kind == "bce" else (lambda z, t: nn.functional.mse_loss(torch.sigmoid(z), t))
 
     def step(idx):
-        batch, y = train.batch(idx)
-        return bce(model(batch.to(dev)), y.float().to(dev))
+        x, y = model_inputs(train, idx, dev, by_params)
+        return bce(model(x), y.float().to(dev))
 
     ckdir = checkpoint_dir(run, runtime["checkpoint_dir"])
     result = train_loop(
         name=name, model=model, optimizer=opt, sampler=sampler, train_step=step,
-        evaluate=lambda: _scores(predict(model, val, eval_bs, dev), val.targets.numpy()),
+        evaluate=lambda: _scores(predict(model, val, eval_bs, dev, by_params), val.targets.numpy()),
         monitor="kendall_tau", higher_is_better=True, total_steps=total, eval_every=eval_every,
         patience=optim["patience"], checkpoint_dir=ckdir, resume_path=resolve_resume(runtime["resume"], name),
         grad_clip=optim["grad_clip"], run=run, log_every=optim["log_every"],
-        keep_checkpoints=runtime.get("keep_checkpoints", 2))
-    pred, y = predict(model, test, eval_bs, dev), test.targets.numpy()
+        keep_checkpoints=runtime.get("keep_checkpoints", 2), amp=runtime.get("amp"))
+    # the best weights are restored: is this model a collapsed (near-constant) predictor? (issue #12)
+    val_check = collapse_check(predict(model, val, eval_bs, dev, by_params), val.targets.numpy(), f"{name} [{kind.value}]")
+    pred, y = predict(model, test, eval_bs, dev, by_params), test.targets.numpy()
     final = _scores(pred, y)  # single values: the run's result and info, not metrics
     save_predictions(run, f"{name}_test_predictions.csv", target=y, prediction=pred)
     if run is not None:
         log_figure(run, scatter_figure(pred, y, f"{name} ({kind.value}), test set"), f"{name}_scatter.png", close=True)
-    summary = {"test": final, "steps": result.steps, "best_step": result.best_step,
+    extra = {}
+    for tname, tset in data.extra_tests.items():  # e.g. the Wild Park's unseen architectures
+        p_t, y_t = predict(model, tset, eval_bs, dev, by_params), tset.targets.numpy()
+        extra[tname] = _scores(p_t, y_t)
+        save_predictions(run, f"{name}_{tname}_predictions.csv", target=y_t, prediction=p_t)
+    summary = {"test": final, "val": val_check, **extra, "steps": result.steps, "best_step": result.best_step,
                "best_val_kendall_tau": result.best_metric, "stopped_early": result.stopped_early,
                "resumed_from_step": result.resumed_from, "params": info["params"],
                "seconds": time.perf_counter() - t0}

@@ -14,11 +14,11 @@ and the task pipelines that put them together in :mod:`dng_tgn.tasks`.
 from .checkpoint import (Checkpoint, CheckpointError, CheckpointStore, latest_checkpoint, load_checkpoint,
                          resolve_resume, rng_state, run_dir, save_checkpoint, set_rng_state)
 from .loop import LoopResult, flush_run, log_metrics, restore, train_loop
-from .metrics import kendall_tau, r2_score
+from .metrics import COLLAPSE_RATIO, collapse_check, kendall_tau, paired_bootstrap_tau, r2_score, spread_ratio
 from .sampling import EpochSampler, seed_everything
 
 __all__ = [
     "Checkpoint", "CheckpointError", "CheckpointStore", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
-    "resolve_resume", "run_dir", "rng_state", "set_rng_state",
+    "resolve_resume", "run_dir", "rng_state", "set_rng_state", "COLLAPSE_RATIO", "collapse_check", "spread_ratio", "paired_bootstrap_tau",
     "LoopResult", "train_loop", "log_metrics", "restore", "flush_run", "kendall_tau", "r2_score", "EpochSampler", "seed_everything",
 ]
