@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -62,6 +63,9 @@ class Table:
 
 
 # ------------------------------------------------------------------------------------------------ row results
+GENERALIZATION_EXPERIMENTS = ("cnn_generalization", "vit_generalization", "wild_park_generalization")
+
+
 def inr_result(summary: Mapping, run_dir: Path | None) -> dict:
     """The INR table's fields from an inr2jls run's summary (any variant; encoder-only runs have no recon MSE)."""
     params = summary["params"]
@@ -72,10 +76,17 @@ def inr_result(summary: Mapping, run_dir: Path | None) -> dict:
             "history": _history(run_dir, "cls.val.accuracy")}
 
 
-def generalization_result(summary: Mapping, run_dir: Path | None) -> dict:
-    """τ and R² on test; the validation collapse check (R², std(pred)/std(target)); the per-net test predictions."""
-    name = next((n for n in ("wild_park", "vit", "cnn") if run_dir is not None and n in str(run_dir)), "cnn")
-    name = {"wild_park": "wild_park_generalization"}.get(name, f"{name}_generalization")
+def generalization_result(summary: Mapping, run_dir: Path | None, experiment: str | None = None) -> dict:
+    """τ and R² on test; the validation collapse check (R², std(pred)/std(target)); the per-net test predictions.
+
+    ``experiment``: the Sacred experiment that made the run (its metric and file prefix); None: the run folder's
+    parent, which the file observer names after the experiment (``$DNG_RUNS_DIR/<experiment>/<id>``). Never a
+    substring of the whole path: a runs folder such as ``/data/vit_runs`` would send CNN runs to the ViT's names.
+    """
+    name = experiment or (run_dir.parent.name if run_dir is not None else "cnn_generalization")
+    if name not in GENERALIZATION_EXPERIMENTS:
+        raise ValueError(f"{run_dir}: not a run of a generalization experiment ({name!r}); pass experiment= one of "
+                         f"{GENERALIZATION_EXPERIMENTS}")
     out = {"tau": summary["test"]["kendall_tau"], "r2": summary["test"]["r2"], "params": summary["params"],
            "train_s": summary["seconds"], "history": _history(run_dir, f"{name}.val.kendall_tau")}
     val = summary.get("val") or {}
@@ -181,13 +192,16 @@ INR_ROWS = (
                                            "model": {"augment": False}}),
     Row("pixel_cnn", direct=pixel_cnn(rendered=False)),
     Row("pixel_cnn_rendered", direct=pixel_cnn(rendered=True)),
-    Row("aug_none", "inr2jls", ("bench",), {"data": {"extra_aug": 0}, "model": {"augment": False}}, seeds=2,
-        datasets=("fashion",)),
-    Row("aug_noise", "inr2jls", ("bench",), {"data": {"extra_aug": 0}, "model": {"augment": False, "noise_std": 0.06}},
+    # Table 2: only the image augmentation varies; every row trains on the bench set's SIRENs and their one
+    # augmented copy each (`bench`'s data.extra_aug=1). The copies are their own factor: `no_siren_copies`.
+    Row("aug_none", "inr2jls", ("bench",), {"model": {"augment": False}}, seeds=2, datasets=("fashion",)),
+    Row("aug_noise", "inr2jls", ("bench",), {"model": {"augment": False, "noise_std": 0.06}},
         seeds=2, datasets=("fashion",)),
     Row("aug_rotflip", "inr2jls", ("bench",), {"model": {"augment": True}}, seeds=2, datasets=("fashion",),
         same_as="inr2jls"),  # `bench` already trains on the F.3 views and the SIREN copies
     Row("aug_both", "inr2jls", ("bench",), {"model": {"augment": True, "noise_std": 0.06}}, seeds=2, datasets=("fashion",)),
+    Row("no_siren_copies", "inr2jls", ("bench",), {"data": {"extra_aug": 0}, "model": {"augment": False}}, seeds=2,
+        datasets=("fashion",)),  # aug_none on half the training INRs: the augmented SIREN copies left out
     # Tables 4/6 and the authors' code: the DNG memory's options (dng_tgn.nn.memory.DNGMemory), one per row, each
     # against `inr2jls` (the default: GRU with the message as input, 1 pass, per-timestamp φ_m, one shared φ_u)
     *(Row(name, "inr2jls", ("bench",), {"encoder": {"dng": dng}}, seeds=2, datasets=("fashion",)) for name, dng in (
@@ -225,8 +239,8 @@ TABLES = {
                             ("cnn_fashion", "cnn_mnist", "vit_fashion", "cnn_wild_park"), lambda d: d,
                             GENERALIZATION_ROWS),
 }
-ROW_RESULT = {"inr2jls": inr_result, "cnn_generalization": generalization_result,
-              "vit_generalization": generalization_result, "wild_park_generalization": generalization_result}
+ROW_RESULT = {"inr2jls": inr_result,
+              **{e: partial(generalization_result, experiment=e) for e in GENERALIZATION_EXPERIMENTS}}
 MAIN_ROWS_ONLY = {"mnist": {"inr2jls", "ng_gnn", "mlp", "weight_stats", "nfn_hnp", "pixel_cnn"}}
 
 

@@ -207,6 +207,25 @@ def test_wild_park_experiment_reports_seen_and_unseen(park, tmp_path, runs_root)
         ex.run(config_updates=dict(upd, encoder={"kind": "nfn_hnp"}), options={"--capture": "no"})
 
 
+def test_row_result_names_come_from_the_experiment_not_the_path(tmp_path):
+    """A CNN run kept under a runs folder whose path says "vit" still reads the CNN run's curve and predictions."""
+    run_dir = tmp_path / "vit_runs" / "cnn_generalization" / "1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps(
+        {"cnn_generalization.val.kendall_tau": {"steps": [5], "values": [0.4]},
+         "vit_generalization.val.kendall_tau": {"steps": [5], "values": [-0.9]}}))
+    pd.DataFrame({"target": [0.1, 0.2], "prediction": [0.3, 0.4]}).to_csv(
+        run_dir / "cnn_generalization_test_predictions.csv", index=False)
+    summary = {"test": {"kendall_tau": 1.0, "r2": 0.5}, "params": 10, "seconds": 1.0}
+    for row in (tables.generalization_result(summary, run_dir),  # from the run folder's parent
+                tables.ROW_RESULT["cnn_generalization"](summary, run_dir)):  # what run_one calls
+        assert row["history"] == [[5, 0.4]] and row["predictions"]["prediction"] == [0.3, 0.4]
+    # negative control: the ViT experiment's names find neither this curve's values nor these predictions
+    vit = tables.ROW_RESULT["vit_generalization"](summary, run_dir)
+    assert vit["history"] == [[5, -0.9]] and "predictions" not in vit
+    with pytest.raises(ValueError, match="not a run of a generalization experiment"):
+        tables.generalization_result(summary, tmp_path / "runs" / "inr2jls" / "1")
+
 # ------------------------------------------------------------------------------------------------ bench presets
 def test_bench_presets_are_big_enough_to_rank_methods(tmp_path):
     """Issue #12's sizes, read off the presets as the builders resolve them (nothing is trained here)."""
@@ -228,6 +247,17 @@ def test_bench_presets_are_big_enough_to_rank_methods(tmp_path):
     assert splits["test"] >= 200 and splits["test_unseen"] >= 200 and splits["train"] >= 400
     assert sum(is_unseen(a) for a in archs) == round(park.unseen_fraction * park.n_archs)
 
+
+def test_vit_builder_arguments_fail_by_name(tmp_path, capsys):
+    from dng_tgn.data import build_vit_zoo
+
+    out = ["--out", str(tmp_path / "v")]
+    for bad, says in (("1e-3", "two comma-separated numbers"), ("a,b", "two comma-separated numbers"),
+                      ("1e-2,1e-3", "0 < lo <= hi")):
+        with pytest.raises(SystemExit):
+            build_vit_zoo.parse_args(out + ["--lr-range", bad])
+        assert f"--lr-range needs {says}" in capsys.readouterr().err, bad
+    assert build_vit_zoo.parse_args(out + ["--lr-range", "1e-3,1e-2"]).lr_range == "1e-3,1e-2"  # a good one passes
 
 def test_per_vit_learning_rates_are_each_models_own_adam():
     from dng_tgn.data.sources import load_digits, to_signed

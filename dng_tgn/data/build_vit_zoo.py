@@ -72,7 +72,10 @@ def parse_args(argv=None):
     except ValueError as e:
         p.error(f"--split {args.split!r}: {e}")
     if args.lr_range is not None:
-        lo, hi = (float(v) for v in args.lr_range.split(","))
+        try:
+            lo, hi = (float(v) for v in args.lr_range.split(","))
+        except ValueError:
+            p.error(f"--lr-range needs two comma-separated numbers lo,hi, got {args.lr_range!r}")
         if not 0 < lo <= hi:
             p.error(f"--lr-range needs 0 < lo <= hi, got {args.lr_range!r}")
     return args
