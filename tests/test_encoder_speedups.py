@@ -41,6 +41,24 @@ def test_rff_linear_matches_direct_projection(half_range):
     torch.testing.assert_close(got, direct, rtol=1e-5, atol=2e-5)
 
 
+def test_rff_linear_takes_the_direct_product_for_few_scalars(monkeypatch):
+    """Few scalars on a wide range (a SIREN's 64 first-layer weights): the direct product is cheaper than a fit."""
+    import dng_tgn.graph.features as features_module
+
+    fits = []
+    real = features_module.rff_basis
+    monkeypatch.setattr(features_module, "rff_basis", lambda *a, **k: fits.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    rff = RandomFourierFeatures(128, 3.0)
+    w, b = torch.randn(64, 256) / 16, torch.randn(64)
+    few = (torch.rand(64, 1) * 2 - 1) * 0.48
+    torch.testing.assert_close(rff_linear(rff, few, w, b), rff(few) @ w.T + b, rtol=1e-5, atol=1e-6)
+    assert not fits
+    many = (torch.rand(1024, 1) * 2 - 1) * 0.014  # narrow range, many scalars: the basis pays
+    torch.testing.assert_close(rff_linear(rff, many, w, b), rff(many) @ w.T + b, rtol=1e-5, atol=2e-5)
+    assert fits
+
+
 def test_basis_degree_and_fallback():
     rff = RandomFourierFeatures(128, 3.0)
     assert rff_basis(rff, torch.full((5,), 0.25)).size <= 4  # one value: a constant
@@ -109,8 +127,15 @@ def test_encoder_equals_reference_on_cnns_and_mixed_batches():
     _compare(enc, batch)
 
 
-def test_sparse_route_equals_per_edge_route_on_unsorted_edges():
-    """message_from_basis builds its CSR matrix itself: edges in any order, uneven in-degrees."""
+@pytest.mark.parametrize("route", ["sparse", "dense"])
+def test_sparse_route_equals_per_edge_route_on_unsorted_edges(route, monkeypatch):
+    """message_from_basis builds its (D·P, S) matrix itself, CSR or dense: edges in any order, uneven in-degrees,
+    repeated node pairs (60 edges over 28 pairs), one destination without edges."""
+    monkeypatch.setattr(memory_module, "_DENSE_PAIR_FILL", 0.0 if route == "dense" else math.inf)
+    used = []
+    for name in ("_dense_rows_by_dst", "_sparse_rows_by_dst"):
+        real = getattr(memory_module, name)
+        monkeypatch.setattr(memory_module, name, lambda *a, _real=real, _name=name: used.append(_name) or _real(*a))
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     num_src, num_dst, e = 7, 5, 60
@@ -124,12 +149,97 @@ def test_sparse_route_equals_per_edge_route_on_unsorted_edges():
     u = torch.randn(num_src, 12, requires_grad=True)
     basis = rff_basis(rff, step.weight[:, 0])
     assert basis.coef is not None
-    got = msg.message_from_basis(step, u, basis.basis, basis.fold_with_bias(msg.edge_proj.weight, msg.edge_proj.bias))
+    mapping = basis.fold_with_bias(msg.edge_proj.weight, msg.edge_proj.bias)
+    got = msg.message_from_basis(step, u, basis.basis, mapping)
+    assert used == [f"_{route}_rows_by_dst"]
     want = msg(step_ops(step, ExecutionPath.TORCH), u, rff(step.weight))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     gu_got, = torch.autograd.grad(got.sum(), u)
     gu_want, = torch.autograd.grad(want.sum(), u)
     torch.testing.assert_close(gu_got, gu_want, rtol=1e-5, atol=1e-5)
+    # negative control: one edge's basis row moved must move its destination's message, and only that one
+    moved = basis.basis.clone()
+    moved[0] += 0.5
+    other = msg.message_from_basis(step, u, moved, mapping).detach()
+    hit = int(dst_local[0])
+    assert (other[hit] - got[hit].detach()).abs().max() > 1e-3
+    keep = torch.arange(num_dst) != hit
+    torch.testing.assert_close(other[keep], got.detach()[keep], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("path", [ExecutionPath.TORCH, ExecutionPath.DGL])
+def test_dense_pair_message_equals_per_edge_message(path):
+    """Eq. 4 with W_m1 e_ij laid out per node pair (MessageFunction.message_dense_pairs): repeated pairs, a
+    destination without edges, gradients to the edges and the sources; a moved edge moves only its destination."""
+    if path is ExecutionPath.DGL and not dng_tgn.nn.paths.dgl_supports(torch.device("cpu")):
+        pytest.skip("no DGL CPU kernels")
+    g = torch.Generator().manual_seed(2)
+    num_src, num_dst, e = 3, 6, 30
+    src_local = torch.randint(0, num_src, (e,), generator=g).int()
+    dst_local = torch.randint(0, num_dst - 1, (e,), generator=g).int()
+    step = StepBatch(src_local=src_local, dst_local=dst_local, src_nodes=torch.arange(num_src),
+                     dst_nodes=torch.arange(num_dst) + num_src, weight=torch.randn(e, 1, generator=g),
+                     kind=torch.zeros(e, dtype=torch.int8), span=torch.zeros(e, dtype=torch.int16))
+    assert memory_module._dense_pairs_pay(num_dst, num_src, e, 12)
+    msg = MessageFunction(8, 12, 12)
+    u = torch.randn(num_src, 12, generator=g, requires_grad=True)
+    edge_msg = torch.randn(e, 1, 12, generator=g, requires_grad=True)
+    got = msg.message_dense_pairs(step, u, edge_msg)
+    want = msg.message(step_ops(step, path), u, edge_msg)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(got.sum(), (u, edge_msg)), torch.autograd.grad(want.sum(), (u, edge_msg))):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    moved = edge_msg.detach().clone()
+    moved[0] += 1.0  # negative control
+    other = msg.message_dense_pairs(step, u, moved).detach()
+    hit = int(dst_local[0])
+    assert (other[hit] - got[hit].detach()).abs().max() > 1e-3
+    keep = torch.arange(num_dst) != hit
+    torch.testing.assert_close(other[keep], got.detach()[keep], rtol=0, atol=0)
+
+
+def test_single_siren_under_no_grad_takes_the_fast_routes_and_equals_reference(monkeypatch):
+    """The benchmark's case (benchmarks/bench_efficiency.py): one SIREN, inference under no_grad, default path.
+
+    The first forward of a process may run under no_grad, so the sparse-kernel probe must not depend on the
+    grad mode (it once did, and switched the basis route off for the whole process); the complete bipartite
+    hidden layers then take the dense pair matrix, and the 64 first-layer weights the direct RFF product and the
+    per-pair Eq. 4 (no DGL block).
+    """
+    monkeypatch.setattr(memory_module, "_SPARSE_PROBED", {})
+    used = []
+    real_dense = memory_module._dense_rows_by_dst
+    monkeypatch.setattr(memory_module, "_dense_rows_by_dst", lambda *a: used.append("dense") or real_dense(*a))
+    pair_calls = []
+    real_pairs = MessageFunction.message_dense_pairs
+    monkeypatch.setattr(MessageFunction, "message_dense_pairs",
+                        lambda self, step, *a: pair_calls.append(int(step.src_nodes.numel() == 2)) or real_pairs(self, step, *a))
+    torch.manual_seed(0)
+    batch = dng_tgn.batch_state_dicts([NFNSiren().state_dict()])
+    enc = DNGEncoder(32, fourier_size=128, max_timestamps=3, device="cpu").eval()
+    with torch.no_grad():
+        got = enc(batch).embedding
+        want = enc.readout(_reference_memory(enc.memory, batch, enc.execution_path()), batch)
+    assert memory_module._SPARSE_PROBED == {"cpu": True}
+    assert used == ["dense", "dense"]  # hidden layer 32 -> 32 and the output layer 32 -> 1
+    assert pair_calls == [1]  # the first layer (2 -> 32, P too large for the basis): per node pair, no DGL block
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # negative control: a changed message weight (timestamps 1 and 2) must change the fast route's output
+    for t in (0, 1):
+        with torch.no_grad():
+            enc.memory.messages[t].edge_proj.weight.mul_(1.5)
+            moved = enc(batch).embedding
+            enc.memory.messages[t].edge_proj.weight.div_(1.5)
+        assert (moved - got).abs().max() > 1e-3, t
+
+
+def test_sparse_probe_does_not_depend_on_grad_mode(monkeypatch):
+    from dng_tgn.nn.memory import _sparse_products_work
+
+    for mode in (torch.no_grad, torch.inference_mode, torch.enable_grad):
+        monkeypatch.setattr(memory_module, "_SPARSE_PROBED", {})
+        with mode():
+            assert _sparse_products_work(torch.device("cpu")), mode
 
 
 def test_routes_switch_gives_same_numbers():

@@ -173,16 +173,13 @@ class RFFBasis:
         return self.basis @ self.fold_with_bias(weight, bias).T
 
 
-def rff_basis(rff: RandomFourierFeatures, x: torch.Tensor, tol: float = CHEBYSHEV_TOL,
-              value_range: tuple[float, float] | None = None) -> RFFBasis:
-    """The cheapest exact-to-rounding factorisation of ``rff(x)`` for the values in ``x`` (see above).
-
-    ``value_range``: ``(lo, hi)`` of a tensor that ``x`` is a part of (one range for all chunks of it, so that
-    each chunk skips the min/max pass and its host sync). It is not checked: that would need the very pass it
-    saves, and values outside it would be clamped, so pass only the range of a superset of ``x``.
-    """
+def rff_basis_plan(rff: RandomFourierFeatures, x: torch.Tensor, tol: float = CHEBYSHEV_TOL,
+                   value_range: tuple[float, float] | None = None) -> tuple[int, tuple[float, float]] | None:
+    """``(P, (lo, hi))``: the Chebyshev basis size and value range :func:`rff_basis` would use for ``x``, without
+    the coefficient fit; None where it takes the direct features. Callers that may not want the basis at all
+    decide on P first, and pass ``(lo, hi)`` on as ``value_range`` (no second min/max pass)."""
     if x.numel() == 0 or x.requires_grad or not x.is_floating_point():
-        return RFFBasis(rff(x), None)
+        return None
     if value_range is None:
         lo, hi = torch.aminmax(x.detach().to(torch.float32))
         lo, hi = float(lo), float(hi)  # one host sync per call; the degree must be known to size the basis
@@ -191,12 +188,27 @@ def rff_basis(rff: RandomFourierFeatures, x: torch.Tensor, tol: float = CHEBYSHE
         if not lo <= hi:
             raise ValueError(f"value_range must be (lo, hi) with lo <= hi, got {value_range!r}")
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return RFFBasis(rff(x), None)
+        return None
     if x.dtype == torch.float64:
         tol = min(tol, 1e-17)  # double-precision callers get double-precision truncation
     degree = chebyshev_degree(rff.max_abs_freq(), (hi - lo) / 2, tol)
     if degree > _MIN_SPEEDUP * rff.out_dim:
+        return None
+    return degree, (lo, hi)
+
+
+def rff_basis(rff: RandomFourierFeatures, x: torch.Tensor, tol: float = CHEBYSHEV_TOL,
+              value_range: tuple[float, float] | None = None) -> RFFBasis:
+    """The cheapest exact-to-rounding factorisation of ``rff(x)`` for the values in ``x`` (see above).
+
+    ``value_range``: ``(lo, hi)`` of a tensor that ``x`` is a part of (one range for all chunks of it, so that
+    each chunk skips the min/max pass and its host sync). It is not checked: that would need the very pass it
+    saves, and values outside it would be clamped, so pass only the range of a superset of ``x``.
+    """
+    plan = rff_basis_plan(rff, x, tol, value_range)
+    if plan is None:
         return RFFBasis(rff(x), None)
+    degree, (lo, hi) = plan
     if hi == lo:
         u = torch.zeros_like(x)
     else:
@@ -208,5 +220,16 @@ def rff_basis(rff: RandomFourierFeatures, x: torch.Tensor, tol: float = CHEBYSHE
 
 def rff_linear(rff: RandomFourierFeatures, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                tol: float = CHEBYSHEV_TOL, value_range: tuple[float, float] | None = None) -> torch.Tensor:
-    """``rff(x) @ weight.T + bias`` for (...,) scalars -> (..., out), without the (..., 2F) feature tensor."""
+    """``rff(x) @ weight.T + bias`` for (...,) scalars -> (..., out), without the (..., 2F) feature tensor.
+
+    The basis route costs a fold (out x 2F x P) plus a (..., P) x (P, out) product; the direct one a (..., 2F) x
+    (2F, out) product. With few scalars (a SIREN's 64 first-layer weights, P ~ 58) the direct one is cheaper
+    and skips the coefficient fit, so it runs there: the same function either way (to float rounding).
+    """
+    n, two_f = x.numel(), rff.out_dim
+    if n <= two_f:  # only few scalars can favour the direct product
+        plan = rff_basis_plan(rff, x, tol, value_range)
+        if plan is None or n * (two_f - plan[0]) <= plan[0] * two_f:
+            return nn.functional.linear(rff(x), weight, bias)
+        value_range = plan[1]  # passed on: rff_basis skips its own min/max pass
     return rff_basis(rff, x, tol, value_range).project(weight, bias)

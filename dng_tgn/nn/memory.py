@@ -24,7 +24,10 @@ against the plain computation):
   product ``W_hh v_i`` is folded onto that basis once per forward (:meth:`MemoryUpdater.node_map`; ``W_ih v_i``
   in the authors' argument order, plus one small product per embedding table when Table 6's embeddings are on).
 * Eq. 4 with a narrow basis sums ``basis ⊗ u_j`` per destination in one sparse product instead of building
-  per-edge (E, d) tensors (:meth:`MessageFunction.message_from_basis`), where that moves less data.
+  per-edge (E, d) tensors (:meth:`MessageFunction.message_from_basis`), where that moves less data. A step
+  whose node pairs are mostly connected (one network's layers) uses dense per-pair arrays instead of a CSR
+  matrix or a DGL block (:meth:`MessageFunction.message_dense_pairs`): for a single SIREN the per-call setup
+  of those, not the arithmetic, was what cost (benchmarks/bench_efficiency.py).
 * Eq. 5 projects only an edge's live slots (up to its last nonzero weight): the zero edges past them add one
   per-source term. Edges with equal live-slot counts run together, in chunks, and phi_h's second layer runs
   after the sum over neighbours (:meth:`MultiHeadMessage.message_from_weights`). The ResNet-18 stream of
@@ -43,7 +46,7 @@ from torch import nn
 from ..choices import parse_choice
 from ..graph.batch import StepBatch, StreamBatch
 from ..graph.events import NUM_NODE_SLOTS, EdgeKind, NodeKind
-from ..graph.features import NodeFeaturizer, RandomFourierFeatures, rff_basis, rff_linear
+from ..graph.features import NodeFeaturizer, RandomFourierFeatures, rff_basis, rff_basis_plan, rff_linear
 from ..graph.transforms import NONLINEARITIES
 from .paths import ExecutionPath, StepOps, step_ops
 
@@ -232,6 +235,18 @@ class MessageFunction(nn.Module):
         """Eq. 4 from the projected edges: (E, 1, message_dim) ``W_m1 e_ij`` (see EdgeFeatures.project)."""
         return ops.u_mul_e_sum(self.src_proj(src_memory), edge_msg.flatten(0, 1))  # a view: no select backward
 
+    def message_dense_pairs(self, step: StepBatch, src_memory: torch.Tensor, edge_msg: torch.Tensor) -> torch.Tensor:
+        """:meth:`message` on a mostly complete bipartite step (a single MLP's first layer), either execution path.
+
+        ``m_i = sum_j E_ij ⊙ u_j`` with ``E_ij`` the (D, S, message_dim) array of ``W_m1 e_ij`` (repeated node
+        pairs add up, which is the same sum): two plain tensor ops instead of building a DGL block per call.
+        """
+        num_dst, num_src = step.dst_nodes.numel(), step.src_nodes.numel()
+        pair = step.dst_local.long() * num_src + step.src_local.long()
+        e = edge_msg.flatten(0, 1)
+        pairs = e.new_zeros(num_dst * num_src, e.shape[-1]).index_add(0, pair, e).view(num_dst, num_src, -1)
+        return (pairs * self.src_proj(src_memory).unsqueeze(0)).sum(1)
+
     def message_from_basis(self, step: StepBatch, src_memory: torch.Tensor, basis: torch.Tensor,
                            mapping: torch.Tensor) -> torch.Tensor:
         """Eq. 4 when ``W_m1 e_ij = basis_ij @ mapping.T`` (a (E, P) Chebyshev basis of the weights, bias folded in).
@@ -240,10 +255,17 @@ class MessageFunction(nn.Module):
         (D·P, S) x (S, d) product instead of four passes over per-edge (E, d) tensors (project, gather,
         multiply, scatter). The same multiply-adds (E·P·d); worth it when P is well below the mean in-degree, so
         that (D, P, d) is much smaller than (E, d). See :func:`basis_message_pays`.
+
+        A step whose (D, S) pair matrix is mostly filled (a single MLP's layer is complete bipartite) uses the
+        same matrix dense: a plain GEMM is several times faster than the CSR product and its index work there.
         """
-        y = _sparse_rows_by_dst(step, basis, src_memory.shape[0]).matmul(self.src_proj(src_memory))
-        y = y.view(step.dst_nodes.numel(), basis.shape[1], -1)  # (D, P, d)
-        return (y * mapping.T.unsqueeze(0)).sum(1)
+        num_dst, num_src = step.dst_nodes.numel(), src_memory.shape[0]
+        if _dense_pairs_pay(num_dst, num_src, step.num_edges, basis.shape[1]):
+            y = _dense_rows_by_dst(step, basis, num_src).matmul(self.src_proj(src_memory))
+        else:
+            y = _sparse_rows_by_dst(step, basis, num_src).matmul(self.src_proj(src_memory))
+        y = y.view(num_dst, basis.shape[1], -1)  # (D, P, d)
+        return (y * mapping.T.contiguous().unsqueeze(0)).sum(1)  # contiguous: a 3x faster broadcast on CPU
 
 
 SPARSE_BASIS_MESSAGE = True  # switch for benchmarks/tests: False keeps every step on the per-edge route
@@ -277,7 +299,9 @@ def _sparse_products_work(device: torch.device) -> bool:
     """Whether CSR x dense products and their backward run on this device type (probed once, on a 1x1 case)."""
     if device.type not in _SPARSE_PROBED:
         try:
-            with warnings.catch_warnings():
+            # the probe needs autograd: the first call usually comes from a forward under no_grad/inference_mode,
+            # where it would otherwise fail and switch the sparse route off for the whole process
+            with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
                 warnings.simplefilter("ignore")
                 a = torch.sparse_csr_tensor(torch.tensor([0, 1]), torch.tensor([0]), torch.ones(1), (1, 1), device=device)
                 b = torch.ones(1, 2, device=device, requires_grad=True)
@@ -286,6 +310,27 @@ def _sparse_products_work(device: torch.device) -> bool:
         except Exception:  # no sparse kernels here: the per-edge route computes the same sums
             _SPARSE_PROBED[device.type] = False
     return _SPARSE_PROBED[device.type]
+
+
+# dense per-pair layouts (Eq. 4: the (D·P, S) basis rows, or the (D, S, d) projected edges) when at least this
+# fraction of the (D, S) node pairs carries an edge and the array stays small: one network's complete bipartite
+# layers (or two's), where building a CSR matrix or a DGL block costs more than the dense product; batches of
+# more networks stay on the sparse kernels
+_DENSE_PAIR_FILL = 0.5
+_DENSE_MAX_ELEMENTS = 1 << 22
+
+
+def _dense_pairs_pay(num_dst: int, num_src: int, num_edges: int, p: int) -> bool:
+    pairs = num_dst * num_src
+    return pairs * _DENSE_PAIR_FILL <= num_edges and pairs * p <= _DENSE_MAX_ELEMENTS
+
+
+def _dense_rows_by_dst(step: StepBatch, basis: torch.Tensor, num_src: int) -> torch.Tensor:
+    """The matrix of :func:`_sparse_rows_by_dst` as a dense (D·P, S) tensor (repeated node pairs add up)."""
+    num_dst, p = step.dst_nodes.numel(), basis.shape[1]
+    pair = step.dst_local.long() * num_src + step.src_local.long()
+    rows = basis.new_zeros(num_dst * num_src, p).index_add(0, pair, basis)  # (D·S, P): entry (i, j, p)
+    return rows.view(num_dst, num_src, p).transpose(1, 2).reshape(num_dst * p, num_src)
 
 
 def _sparse_rows_by_dst(step: StepBatch, basis: torch.Tensor, num_src: int) -> torch.Tensor:
@@ -672,9 +717,10 @@ class DNGMemory(nn.Module):
             return None
         if not bool((step.kind == int(EdgeKind.WEIGHT)).all()):
             return None
-        basis = rff_basis(self.edge_features.rff, weight[:, 0])
-        if basis.coef is None or not basis_message_pays(step, basis.size, weight.dtype):
+        plan = rff_basis_plan(self.edge_features.rff, weight[:, 0])  # decide on P before paying for the fit
+        if plan is None or not basis_message_pays(step, plan[0], weight.dtype):
             return None
+        basis = rff_basis(self.edge_features.rff, weight[:, 0], value_range=plan[1])
         mapping = basis.fold_with_bias(message_fn.edge_proj.weight, message_fn.edge_proj.bias)
         return message_fn.message_from_basis(step, src_memory, basis.basis, mapping)
 
@@ -710,7 +756,11 @@ class DNGMemory(nn.Module):
             if message is None:
                 # W_m1 e_ij, projected without materialising the (E, K, 2F) edge features (EdgeFeatures.project)
                 edge_msg = self.edge_features.project(weight, step.kind, step.span, message_fn.edge_proj)
-                message = message_fn.message(step_ops(step, path), src_memory, edge_msg)
+                if isinstance(message_fn, MessageFunction) and _dense_pairs_pay(
+                        step.dst_nodes.numel(), step.src_nodes.numel(), step.num_edges, edge_msg.shape[-1]):
+                    message = message_fn.message_dense_pairs(step, src_memory, edge_msg)  # no graph to build
+                else:
+                    message = message_fn.message(step_ops(step, path), src_memory, edge_msg)
             state = node_state.index_select(0, step.dst_nodes)
             updater = self.updater_at(t)
             if not fold:
