@@ -410,7 +410,10 @@ def write_report(table: Table, scale: str, command: str, paired: bool = False) -
     (RESULTS / f"{table.name}.json").write_text(json.dumps(doc, indent=1))
     fig = _figure(table, rows)
     lines = [f"# {table.title}", "", f"Scale `{scale}`; machine: {doc['machine']}; date {doc['date']}.",
-             f"Command: `{command}`. Mean ± std over seeds; rows without a number were not run (reason given).", ""]
+             f"Command: `{command}`; every row and seed was run (resumably, alone or with others) by "
+             f"`python -m experiments.tables <table> --scale {scale} --data-dir <data dir> --datasets <dataset> "
+             f"--rows <row> [--seeds k]`, and this page renders all the row files there are. Mean ± std over "
+             f"seeds; rows without a number were not run (reason given).", ""]
     extra = "recon MSE ÷ mean-image MSE" if table.metric == "test_acc" else "R²"
     lines += [f"| dataset | row | {table.metric_label} | seeds | params | train s | {extra} |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
