@@ -122,12 +122,34 @@ def init_from_env(device: str | torch.device | None = None) -> DistEnv:
     return e
 
 
+def _process() -> tuple[int, int]:
+    """``(rank, world size)`` from one source: the process group once joined, else the single process ``(0, 1)``.
+
+    Both numbers always come from the same place, so ``0 <= rank() < world_size()`` holds. A process that torchrun
+    started (``WORLD_SIZE`` > 1) but that has not joined the group yet is refused: as rank 0 of 1 it would write
+    what only rank 0 may write and train on the whole batch; as its torchrun rank of 1 it would skip every share of
+    the work; and with torchrun's numbers but no group, it would train on its piece of each batch without the
+    gradient all-reduce. Each is a silently wrong run, so it is an error naming the fix.
+    """
+    if is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    e = env()
+    if e.distributed:
+        raise DistributedConfigError(
+            f"RANK={e.rank}, WORLD_SIZE={e.world_size} are set (a torchrun launch) but this process has not joined "
+            f"the process group; call dng_tgn.distributed.init_from_env() first (Sacred runs of this project do it "
+            f"when the run starts), or unset WORLD_SIZE for a single-process run")
+    return 0, 1
+
+
 def rank() -> int:
-    return torch.distributed.get_rank() if is_initialized() else env().rank
+    """This process's rank: the process group's; 0 in a single process (see :func:`_process`)."""
+    return _process()[0]
 
 
 def world_size() -> int:
-    return torch.distributed.get_world_size() if is_initialized() else 1
+    """The number of processes: the process group's; 1 in a single process (see :func:`_process`)."""
+    return _process()[1]
 
 
 def is_main() -> bool:

@@ -37,7 +37,9 @@ data = data_ingredient(
     load_workers=0,  # DataLoader workers reading the .pth files once at start (paper scale: 450k files)
 )
 encoder = encoder_ingredient(  # F.1.2: memory 512, Fourier 128, scale 3; NG-GNN's out_dim plays s(t^L)
-    dng=dict(memory_dim=64, fourier_size=32, fourier_scale=3.0),
+    # gru_input "node" (the authors' GRU order) won the INR ablation on validation (experiments/tables.py
+    # PREVIOUS_DEFAULTS), so INR runs default to it; other tasks keep the package default
+    dng=dict(memory_dim=64, fourier_size=32, fourier_scale=3.0, gru_input="node"),
     ng_gnn=dict(hidden_dim=64, num_layers=3, out_dim=64, fourier_size=32, fourier_scale=3.0),
     # NFN's INR classifier (Zhou et al.: 3 equivariant layers of 512 channels on 128 Fourier features of scale 10 of
     # the *raw* weights, `normalize: false` in their classify_siren config) at the same 1/8 width as the DNG memory;

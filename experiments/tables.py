@@ -97,7 +97,9 @@ def generalization_result(summary: Mapping, run_dir: Path | None, experiment: st
         import pandas as pd
 
         pred = pd.read_csv(run_dir / f"{name}_test_predictions.csv")
-        out["predictions"] = {"target": pred["target"].tolist(), "prediction": pred["prediction"].tolist()}
+        # model_id: the net's id in the zoo, what the paired bootstrap pairs on (runs made before it lack it)
+        ids = {"model_id": pred["model_id"].tolist()} if "model_id" in pred.columns else {}
+        out["predictions"] = {**ids, "target": pred["target"].tolist(), "prediction": pred["prediction"].tolist()}
     return out
 
 
@@ -169,7 +171,8 @@ def weight_stats_generalization(model_kind: str):
         return {"tau": kendall_tau(pred, xy["test"][1]), "r2": r2_score(pred, xy["test"][1]), "params": None,
                 "train_s": time.perf_counter() - t0, "history": [], "val_r2": check["r2"],
                 "std_ratio": check["std_ratio"], "collapsed": check["collapsed"],
-                "predictions": {"target": xy["test"][1].tolist(), "prediction": pred.tolist()}}
+                "predictions": {"model_id": zoo.ids["test"].tolist(), "target": xy["test"][1].tolist(),
+                                "prediction": pred.tolist()}}
     return run
 
 
@@ -203,12 +206,14 @@ INR_ROWS = (
     Row("no_siren_copies", "inr2jls", ("bench",), {"data": {"extra_aug": 0}, "model": {"augment": False}}, seeds=2,
         datasets=("fashion",)),  # aug_none on half the training INRs: the augmented SIREN copies left out
     # Tables 4/6 and the authors' code: the DNG memory's options (dng_tgn.nn.memory.DNGMemory), one per row, each
-    # against `inr2jls` (the default: GRU with the message as input, 1 pass, per-timestamp φ_m, one shared φ_u)
+    # against `inr2jls` (the INR default: GRU in the authors' order, 1 pass, per-timestamp φ_m, one shared φ_u)
     *(Row(name, "inr2jls", ("bench",), {"encoder": {"dng": dng}}, seeds=2, datasets=("fashion",)) for name, dng in (
         ("pos_emb", {"positional_embedding": True}),  # §9.5: a learned embedding of the node's layer
         ("act_emb", {"activation_embedding": True}),  # §9.6: a learned embedding of the node's non-linearity
         ("rnn_cell", {"cell": "rnn"}),  # a tanh RNN cell instead of the GRU
-        ("gru_message_as_hidden", {"gru_input": "node"}),  # the authors' order: v_i is the input, m_i the hidden state
+        # our first order (the message is the GRU input, v_i its hidden state); the INR default became the authors'
+        # order after this ablation, run the other way round, won on validation (see PREVIOUS_DEFAULTS)
+        ("gru_message_as_input", {"gru_input": "message"}),
         ("stacked_2", {"rnn_layers": 2}),  # the authors' rnn_layer=2: a second cell pass on the first one's output
         # our φ_u is already shared by all timestamps (App. A), so its ablation is one φ_u^{t^l} per timestamp
         # (Eq. 6 as printed); φ_m is per timestamp (Eq. 4/5), so its ablation is one φ_m for all timestamps
@@ -238,6 +243,18 @@ TABLES = {
     "generalization": Table("generalization", "Generalization prediction (Tables 3, 7)", "tau", "Kendall τ",
                             ("cnn_fashion", "cnn_mnist", "vit_fashion", "cnn_wild_park"), lambda d: d,
                             GENERALIZATION_ROWS),
+}
+# Runs measured under an earlier default of a table's experiment. When a default changes (chosen on validation),
+# the rows it touches are rerun under the new one; their earlier runs are kept, moved (never deleted) to
+# results/rows/<table>/_previous_defaults/<key>/<dataset>/<row>/seed<k>.json, and reported in their own section,
+# so nothing measured is lost and no row mixes runs of the two defaults.
+PREVIOUS_DEFAULTS = {
+    "inr_classification": {
+        "gru_input_message": "encoder.dng.gru_input='message' (our first GRU order: the message is the input, v_i the "
+                             "hidden state), the INR default until 2026-12-02. The authors' order ('node') won the "
+                             "ablation on validation (0.44 / 0.48 against 0.37 / 0.39 / 0.36), so it became the "
+                             "default; these runs compare with each other and with `gru_message_as_input`.",
+    },
 }
 ROW_RESULT = {"inr2jls": inr_result,
               **{e: partial(generalization_result, experiment=e) for e in GENERALIZATION_EXPERIMENTS}}
@@ -362,16 +379,25 @@ def paired_comparisons(table: Table, n_boot: int | None = None) -> list[dict]:
     """Paired bootstrap over test nets of ``dng`` against each other row, per dataset, on seed-matched predictions.
 
     Reads ``results/rows/<table>/<dataset>/<row>/seed<k>.predictions.csv`` (written when a run finishes); seeds that
-    both rows have are paired (seed k of one with seed k of the other); rows whose test nets differ are refused.
+    both rows have are paired (seed k of one with seed k of the other), and within them each test net's prediction
+    by one row with the *same net's* by the other: files are joined on ``model_id`` (the net's id in the zoo), in
+    whatever order their rows are. Two rows tested on different nets, or on nets whose ids agree but whose targets
+    do not (another zoo), are refused with an error naming both rows and the dataset. Files written before
+    predictions carried ``model_id`` are skipped with a printed warning (:func:`_keyed_predictions`).
     """
     import numpy as np
-    import pandas as pd
 
     from dng_tgn.training import paired_bootstrap_tau
 
-    def preds(dataset, row):
-        folder = RESULTS / "rows" / table.name / dataset / row
-        return {int(f.name[len("seed"):].split(".")[0]): pd.read_csv(f) for f in sorted(folder.glob("seed*.predictions.csv"))}
+    cache: dict[tuple[str, str], dict] = {}
+
+    def preds(dataset, row):  # seed -> predictions indexed by model_id; each file read (and warned about) once
+        if (dataset, row) not in cache:
+            folder = RESULTS / "rows" / table.name / dataset / row
+            files = {int(f.name[len("seed"):].split(".")[0]): _keyed_predictions(f)
+                     for f in sorted(folder.glob("seed*.predictions.csv"))}
+            cache[dataset, row] = {k: df for k, df in files.items() if df is not None}
+        return cache[dataset, row]
 
     out = []
     for dataset in table.datasets:
@@ -383,26 +409,88 @@ def paired_comparisons(table: Table, n_boot: int | None = None) -> list[dict]:
             seeds = sorted(set(ref) & set(other))
             if not seeds:
                 continue
-            y = ref[seeds[0]]["target"].to_numpy()
+            base = ref[seeds[0]]
+            ids = np.sort(base.index.to_numpy())  # one fixed order of the nets for every file of both rows
+            y = base["target"].loc[ids].to_numpy()
             for k in seeds:
                 for name, df in ((PAIRED_REFERENCE, ref[k]), (row.name, other[k])):
-                    if len(df) != len(y) or not np.allclose(df["target"].to_numpy(), y):
-                        raise ValueError(f"{dataset}/{name} seed {k}: its test nets differ from {PAIRED_REFERENCE} seed "
-                                         f"{seeds[0]}'s; a paired comparison needs the same nets in the same order")
-            a = np.stack([ref[k]["prediction"].to_numpy() for k in seeds])
-            b = np.stack([other[k]["prediction"].to_numpy() for k in seeds])
+                    missing, extra = np.setdiff1d(ids, df.index), np.setdiff1d(df.index, ids)
+                    if len(missing) or len(extra):
+                        raise ValueError(
+                            f"{dataset}: rows {PAIRED_REFERENCE!r} and {row.name!r} were tested on different nets "
+                            f"({name} seed {k} lacks {len(missing)} of {PAIRED_REFERENCE} seed {seeds[0]}'s "
+                            f"{len(ids)} test nets, e.g. model_id {missing[:3].tolist()}, and has {len(extra)} "
+                            f"nets that set lacks, e.g. model_id {extra[:3].tolist()}); a paired comparison needs "
+                            f"one test set: rerun "
+                            f"both on the same zoo and split")
+                    t = df["target"].loc[ids].to_numpy()
+                    if not np.allclose(t, y):
+                        j = int(np.flatnonzero(~np.isclose(t, y))[0])
+                        raise ValueError(
+                            f"{dataset}: rows {PAIRED_REFERENCE!r} and {row.name!r} disagree on the targets of the "
+                            f"same nets ({name} seed {k}: model_id {int(ids[j])} has target {t[j]}, "
+                            f"{PAIRED_REFERENCE} seed {seeds[0]} {y[j]}): their runs read different zoos")
+            a = np.stack([ref[k]["prediction"].loc[ids].to_numpy() for k in seeds])
+            b = np.stack([other[k]["prediction"].loc[ids].to_numpy() for k in seeds])
             res = paired_bootstrap_tau(a, b, y, n_boot=n_boot or PAIRED_BOOTSTRAP, seed=0)
             out.append({"dataset": dataset, "a": PAIRED_REFERENCE, "b": row.name, "delta_tau": res["delta_tau"],
                         "ci95": res["ci95"], "seeds": seeds, "n_nets": res["n_nets"], "n_boot": res["n_boot"]})
     return out
 
 
+def _keyed_predictions(path: Path):
+    """One ``seed<k>.predictions.csv`` as ``target, prediction`` indexed by ``model_id``; None if it has no ids.
+
+    A file without ``model_id`` (written before the ids were recorded) is skipped with a printed warning naming it:
+    its rows can only be matched to another run's by position or by target value, and neither is checkably the
+    same net (test accuracies tie often: they are multiples of 1/n_eval), so no exact pairing exists for it.
+    """
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    if "model_id" not in df.columns:
+        print(f"WARNING: {path}: no model_id column (written before predictions named their nets), so its nets "
+              f"cannot be matched to another row's exactly; left out of the paired bootstrap. Rerun that seed "
+              f"(delete {path.with_suffix('').with_suffix('.json').name} beside it) to include it.",
+              file=sys.stderr, flush=True)
+        return None
+    lacking = {"target", "prediction"} - set(df.columns)
+    if lacking:
+        raise ValueError(f"{path}: lacks the column(s) {sorted(lacking)}")
+    dup = df["model_id"][df["model_id"].duplicated()]
+    if len(dup):
+        raise ValueError(f"{path}: model_id {dup.iloc[0]} appears more than once; one row per test net is needed")
+    return df.set_index("model_id")[["target", "prediction"]]
+
+
+def collect_previous(table: Table) -> list[dict]:
+    """Runs kept from earlier defaults (:data:`PREVIOUS_DEFAULTS`), summarised like :func:`collect`'s rows."""
+    out = []
+    for key, description in PREVIOUS_DEFAULTS.get(table.name, {}).items():
+        base = RESULTS / "rows" / table.name / "_previous_defaults" / key
+        rows = []
+        for row_dir in sorted(p for p in base.glob("*/*") if p.is_dir()):
+            runs = [json.loads(f.read_text()) for f in sorted(row_dir.glob("seed*.json"))]
+            vals = [r[table.metric] for r in runs]
+            if vals:
+                mean = math.fsum(vals) / len(vals)
+                std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+                rows.append({"name": row_dir.name, "dataset": row_dir.parent.name, "seeds": [r["seed"] for r in runs],
+                             table.metric: vals, "mean": mean, "std": std})
+        if rows:
+            out.append({"key": key, "description": description, "rows": rows})
+    return out
+
+
 def write_report(table: Table, scale: str, command: str, paired: bool = False) -> None:
     """``paired``: recompute the paired bootstrap (slow: every comparison resamples); otherwise keep the last one."""
     rows = collect(table)
+    previous = collect_previous(table)
     RESULTS.mkdir(exist_ok=True)
     doc = {"scale": scale, "machine": machine(), "date": dt.date.today().isoformat(), "command": command,
            "rows": [{k: v for k, v in r.items() if k != "history"} for r in rows]}
+    if previous:
+        doc["previous_defaults"] = previous
     if table.metric == "tau":
         old = RESULTS / f"{table.name}.json"
         doc["paired"] = (paired_comparisons(table) if paired else
@@ -433,6 +521,14 @@ def write_report(table: Table, scale: str, command: str, paired: bool = False) -
                   "The curves are validation metrics during training (what early stopping sees), one line per seed."]
     if table.metric == "tau":
         lines = _generalization_lines(lines, rows, doc["paired"])
+    for block in previous:
+        lines += ["", f"## Runs under a previous default: `{block['key']}`", "", block["description"], "",
+                  f"| dataset | row | {table.metric_label} | seeds |", "| --- | --- | --- | --- |"]
+        k = 100 if table.metric == "test_acc" else 1
+        lines += [f"| {r['dataset']} | {r['name']} | {r['mean'] * k:.2f} ± {r['std'] * k:.2f} | {len(r['seeds'])} |"
+                  if table.metric == "test_acc" else
+                  f"| {r['dataset']} | {r['name']} | {r['mean']:.3f} ± {r['std']:.3f} | {len(r['seeds'])} |"
+                  for r in block["rows"]]
     (RESULTS / f"{table.name}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -454,7 +550,8 @@ def _generalization_lines(lines: list[str], rows: list[dict], paired: list[dict]
             "meaningful. On `cnn_wild_park` τ is on held-out nets of architectures seen in training and "
             "\"τ unseen archs\" on architectures (depth/width) never seen in training."]
     if paired:
-        out += ["", f"## Paired bootstrap over test nets ({paired[0]['n_boot']} resamples, seed-matched predictions)", "",
+        out += ["", f"## Paired bootstrap over test nets ({paired[0]['n_boot']} resamples, seed-matched "
+                      f"predictions, nets matched by model_id)", "",
                 "| dataset | a | b | τ(a) − τ(b) | 95 % interval | seeds | test nets |", "| --- | --- | --- | --- | --- | --- | --- |"]
         out += [f"| {p['dataset']} | {p['a']} | {p['b']} | {p['delta_tau']:+.3f} | [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | "
                 f"{len(p['seeds'])} | {p['n_nets']} |" for p in paired]

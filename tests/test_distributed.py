@@ -137,6 +137,31 @@ def test_single_process_is_a_no_op():
     assert dist.backend_for("cpu") == "gloo"
 
 
+def test_rank_and_world_size_come_from_one_source(monkeypatch):
+    """Both from the process group once joined, else both (0, 1); a torchrun process outside its group is refused."""
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    assert (dist.rank(), dist.world_size()) == (0, 1)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process: a single process
+    assert (dist.rank(), dist.world_size()) == (0, 1)
+    # torchrun's variables for rank 1 of 2, group not joined: rank() used to read 1 from them while world_size()
+    # said 1, so my_share gave this rank nothing (k % 1 == 1 never holds); now neither guesses
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for f in (dist.rank, dist.world_size, dist.is_main, lambda: dist.my_share(list(range(4)))):
+        with pytest.raises(dist.DistributedConfigError, match=r"RANK=1, WORLD_SIZE=2 .*init_from_env\(\)"):
+            f()
+    # a joined group is the one source, whatever the environment says (here: a group of one against RANK=1 of 2)
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        assert (dist.rank(), dist.world_size(), dist.is_main()) == (0, 1, True)
+        assert dist.my_share(list(range(4))) == [0, 1, 2, 3]
+    finally:
+        torch.distributed.destroy_process_group()
+    assert not dist.is_initialized()
+
+
 # ------------------------------------------------------------------------------------------------ equality
 def test_two_processes_equal_one_with_the_same_global_batch(two, one):
     _, ranks = two

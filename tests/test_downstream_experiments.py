@@ -185,6 +185,8 @@ def test_cnn_generalization_end_to_end(tmp_path, encoder):
     pred = pd.read_csv(d / "cnn_generalization_test_predictions.csv")
     zoo_acc = pd.read_csv(root / "metrics.csv.gz")["test_accuracy"].to_numpy()
     assert np.allclose(np.sort(pred["target"]), np.sort(zoo_acc[12:]))  # NFN's split: the second half is test
+    # each prediction names its net by its weights.npy row (what the tables' paired bootstrap joins on)
+    assert sorted(pred["model_id"]) == list(range(12, 24)) and np.allclose(zoo_acc[pred["model_id"]], pred["target"])
     assert tau == pytest.approx(kendall_tau(pred["prediction"], pred["target"]))
     assert r2 == pytest.approx(r2_score(pred["prediction"], pred["target"]))
     assert ((pred["prediction"] > 0) & (pred["prediction"] < 1)).all()  # sigmoid of the logit
@@ -219,6 +221,12 @@ def test_vit_generalization_end_to_end(tmp_path, encoder):
     assert m["vit_generalization.train.loss"]["steps"] == [1, 2, 3, 4]
     pred = pd.read_csv(d / "vit_generalization_test_predictions.csv")
     assert r.result["test"]["kendall_tau"] == pytest.approx(kendall_tau(pred["prediction"], pred["target"]))
+    # each prediction names its net by its row in models.pt / metrics.csv: the test nets of the 80/10/10 split
+    from dng_tgn.data.vit_zoo import vit_split
+
+    assert pred["model_id"].tolist() == vit_split(20)["test"].tolist()
+    zoo_acc = pd.read_csv(root / "metrics.csv").set_index("model_id")["test_accuracy"]
+    assert np.allclose(zoo_acc[pred["model_id"]], pred["target"])
     assert (d / "vit_generalization_scatter.png").read_bytes().startswith(PNG)
     info = json.loads((d / "info.json").read_text())
     assert info["sizes"] == {"train": 16, "val": 2, "test": 2} and info["vit_kwargs"]["heads"] == 2

@@ -88,7 +88,8 @@ def _direct(noise):
         check = collapse_check(pred, y, "toy")
         return {"tau": kendall_tau(pred, y), "r2": 0.0, "params": None, "train_s": 1.0, "history": [],
                 "val_r2": check["r2"], "std_ratio": check["std_ratio"], "collapsed": check["collapsed"],
-                "predictions": {"target": y.tolist(), "prediction": pred.tolist()}}
+                "predictions": {"model_id": list(range(500, 500 + len(y))), "target": y.tolist(),
+                                "prediction": pred.tolist()}}
     return run
 
 
@@ -103,6 +104,8 @@ def test_generalization_table_has_the_paired_schema(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="COLLAPSE"):  # the constant row
         tables.run_table(table, list(rows), ["toy"], None, tmp_path / "data", "default", "cmd")
     assert not (tmp_path / "results" / "rows" / "toy_gen" / "toy" / "mlp").exists()  # never run
+    saved = pd.read_csv(tmp_path / "results" / "rows" / "toy_gen" / "toy" / "dng" / "seed0.predictions.csv")
+    assert saved["model_id"].tolist() == list(range(500, 620))  # each prediction names its net
     tables.write_report(table, "default", "cmd", paired=True)
     doc = json.loads((tmp_path / "results" / "toy_gen.json").read_text())
     assert {"scale", "machine", "date", "command", "rows", "paired"} <= set(doc)
@@ -120,6 +123,102 @@ def test_generalization_table_has_the_paired_schema(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "results" / "toy_gen.json").read_text())["paired"] == doc["paired"]
 
 
+def _paired_files(tmp_path, monkeypatch, files: dict):
+    """``files``: (row, seed) -> DataFrame, written where run_table puts predictions; returns a two-row table."""
+    monkeypatch.setattr(tables, "RESULTS", tmp_path / "results")
+    for (row, seed), df in files.items():
+        folder = tmp_path / "results" / "rows" / "toy_pair" / "toy" / row
+        folder.mkdir(parents=True, exist_ok=True)
+        df.to_csv(folder / f"seed{seed}.predictions.csv", index_label="index")
+    rows = (tables.Row("dng", direct=_direct(0.02)), tables.Row("other", direct=_direct(0.3)))
+    return tables.Table("toy_pair", "toy", "tau", "Kendall τ", ("toy",), lambda d: d, rows)
+
+
+def _tied_nets(n=120):
+    """Test nets whose accuracies tie (as accuracies on n_eval images do), two methods that share each net's bias."""
+    rng = np.random.default_rng(0)
+    y = np.round(rng.uniform(0.1, 0.9, n), 1)  # 9 distinct values over 120 nets
+    hard = rng.normal(0, 0.15, n)  # a per-net error both methods make: what pairing cancels
+    ids = rng.permutation(np.arange(1000, 1000 + n))
+    a = pd.DataFrame({"model_id": ids, "target": y, "prediction": y + hard + rng.normal(0, 0.03, n)})
+    b = pd.DataFrame({"model_id": ids, "target": y, "prediction": y + hard + rng.normal(0, 0.06, n)})
+    return a, b
+
+
+def test_paired_bootstrap_pairs_each_net_with_itself_by_id(tmp_path, monkeypatch):
+    a, b = _tied_nets()
+    # other's file lists its nets in another order: each position holds another net with the *same* target (a
+    # rotation inside every group of tied accuracies), so the targets agree row by row
+    perm = np.arange(len(a))
+    for v in np.unique(a.target):
+        g = np.flatnonzero(a.target.to_numpy() == v)
+        perm[g] = np.roll(g, 1)
+    shuffled = b.iloc[perm].reset_index(drop=True)
+    assert np.array_equal(shuffled.target, a.target) and (shuffled.model_id != a.model_id).all()
+    table = _paired_files(tmp_path / "s", monkeypatch, {("dng", 0): a, ("other", 0): shuffled})
+    got = tables.paired_comparisons(table, n_boot=200)[0]
+    # the same as with other's rows in dng's order
+    table = _paired_files(tmp_path / "o", monkeypatch, {("dng", 0): a, ("other", 0): b})
+    same = tables.paired_comparisons(table, n_boot=200)[0]
+    assert (got["delta_tau"], got["ci95"], got["n_nets"]) == (same["delta_tau"], same["ci95"], 120)
+    # negative control: the earlier rule (rows paired by position, accepted because the targets agree) pairs each
+    # of dng's nets with another net of other's; the per-net error no longer cancels and the interval triples
+    wrong = paired_bootstrap_tau(a.prediction, shuffled.prediction, a.target, n_boot=200, seed=0)
+    width = lambda r: r["ci95"][1] - r["ci95"][0]  # noqa: E731
+    assert width(wrong) > 2 * width(got)
+    # a full shuffle of both files' rows changes nothing either
+    table = _paired_files(tmp_path / "f", monkeypatch, {("dng", 0): a.sample(frac=1, random_state=1),
+                                                        ("other", 0): b.sample(frac=1, random_state=2)})
+    assert tables.paired_comparisons(table, n_boot=200)[0]["ci95"] == same["ci95"]
+
+
+def test_paired_bootstrap_refuses_different_test_nets(tmp_path, monkeypatch):
+    a, b = _tied_nets()
+    other = b.copy()
+    other.loc[3, "model_id"] = 5  # one net of other's test set is not in dng's
+    table = _paired_files(tmp_path / "ids", monkeypatch, {("dng", 0): a, ("other", 0): other})
+    with pytest.raises(ValueError, match=r"toy: rows 'dng' and 'other' were tested on different nets .* has 1 "
+                                         r"nets that set lacks, e.g. model_id \[5\]"):
+        tables.paired_comparisons(table, n_boot=10)
+    other = b.copy()
+    other.loc[3, "target"] += 0.05  # same ids, another target: another zoo
+    table = _paired_files(tmp_path / "y", monkeypatch, {("dng", 0): a, ("other", 0): other})
+    with pytest.raises(ValueError, match=r"toy: rows 'dng' and 'other' disagree on the targets .* read different zoos"):
+        tables.paired_comparisons(table, n_boot=10)
+    other = pd.concat([b, b.iloc[:1]])
+    table = _paired_files(tmp_path / "dup", monkeypatch, {("dng", 0): a, ("other", 0): other})
+    with pytest.raises(ValueError, match="appears more than once"):
+        tables.paired_comparisons(table, n_boot=10)
+
+
+def test_prediction_files_without_ids_are_skipped_by_name(tmp_path, monkeypatch, capsys):
+    a, b = _tied_nets()
+    old = b.drop(columns="model_id")  # written before predictions named their nets
+    table = _paired_files(tmp_path, monkeypatch, {("dng", 0): a, ("other", 0): old, ("dng", 1): a, ("other", 1): b})
+    res = tables.paired_comparisons(table, n_boot=10)
+    assert len(res) == 1 and res[0]["seeds"] == [1]  # only the seed both rows name their nets in
+    err = capsys.readouterr().err
+    assert "WARNING" in err and str(Path("other") / "seed0.predictions.csv") in err and "seed0.json" in err
+    # without any file with ids, no comparison at all rather than a guessed one
+    table = _paired_files(tmp_path / "none", monkeypatch, {("dng", 0): a, ("other", 0): old})
+    assert tables.paired_comparisons(table, n_boot=10) == []
+
+
+def test_generalization_data_ids_name_each_net_once():
+    from dng_tgn.data import StateDictSet
+    from dng_tgn.tasks.generalization import GeneralizationData
+
+    sets = [StateDictSet({"w": torch.zeros(n, 2)}, torch.zeros(n)) for n in (4, 2, 3)]
+    data = GeneralizationData(*sets, num_outputs=1, num_slots=1, ids={"test": [7, 3, 9]})
+    assert data.ids["test"].tolist() == [7, 3, 9] and data.ids["train"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="not unique"):
+        GeneralizationData(*sets, num_outputs=1, num_slots=1, ids={"test": [7, 7, 9]})
+    with pytest.raises(ValueError, match="2 ids for 3 networks"):
+        GeneralizationData(*sets, num_outputs=1, num_slots=1, ids={"test": [7, 9]})
+    with pytest.raises(ValueError, match="unknown splits"):
+        GeneralizationData(*sets, num_outputs=1, num_slots=1, ids={"holdout": [1]})
+
+
 # ------------------------------------------------------------------------------------------------ ViT split
 def test_vit_split_fractions():
     from dng_tgn.data.vit_zoo import vit_split
@@ -130,6 +229,33 @@ def test_vit_split_fractions():
     assert [len(vit_split(10)[k]) for k in ("train", "val", "test")] == [8, 1, 1]  # App. E.2's default
     with pytest.raises(ValueError, match="summing to 1"):
         vit_split(10, 0, (0.5, 0.5, 0.5))
+
+
+def test_vit_zoo_reads_the_recorded_split_and_checks_the_split_column(tmp_path):
+    from dng_tgn.data import ViTZooDataset
+    from dng_tgn.data.input_checks import CorruptInputError
+    from dng_tgn.data.vit_zoo import vit_split
+    from dng_tgn.nets.simple_vit import SimpleViT
+
+    kw = dict(image_size=8, patch_size=4, num_classes=3, dim=8, depth=1, heads=2, mlp_dim=8, channels=1, dim_head=4)
+    n, fr = 20, [0.5, 0.1, 0.4]  # the bench preset's fractions, not App. E.2's 80/10/10
+    sds = [SimpleViT(**kw).state_dict() for _ in range(n)]
+    torch.save({k: torch.stack([sd[k] for sd in sds]) for k in sds[0]}, tmp_path / "models.pt")
+    split = np.empty(n, dtype=object)
+    for name, idx in vit_split(n, 0, fr).items():
+        if name != "all":
+            split[idx] = name
+    metrics = pd.DataFrame({"model_id": range(n), "test_accuracy": np.linspace(0.1, 0.9, n), "split": split})
+    metrics.to_csv(tmp_path / "metrics.csv", index=False)
+    (tmp_path / "meta.json").write_text(json.dumps({"model_kwargs": kw, "split_seed": 0, "split_fractions": fr}))
+    sizes = {s: len(ViTZooDataset(tmp_path, s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 10, "val": 2, "test": 8}
+    assert ViTZooDataset(tmp_path, "test").idx.tolist() == np.flatnonzero(split == "test").tolist()
+    # negative control: a split column that disagrees with meta.json's split is refused, naming both
+    metrics.loc[int(np.flatnonzero(split == "test")[0]), "split"] = "train"
+    metrics.to_csv(tmp_path / "metrics.csv", index=False)
+    with pytest.raises(CorruptInputError, match=r"'split' column puts 7 ViTs in 'test', but meta.json's split"):
+        ViTZooDataset(tmp_path, "test")
 
 
 # ------------------------------------------------------------------------------------------------ Wild Park
@@ -202,6 +328,12 @@ def test_wild_park_experiment_reports_seen_and_unseen(park, tmp_path, runs_root)
     assert row["tau_unseen"] == r.result["test_unseen"]["kendall_tau"] and row["std_ratio"] == r.result["val"]["std_ratio"]
     test = pd.read_csv(d / "wild_park_generalization_test_predictions.csv")
     assert row["predictions"]["prediction"] == pytest.approx(test.prediction.tolist())
+    # each prediction is named by its net's model_id in the park's metrics.csv (what the paired bootstrap joins on)
+    assert row["predictions"]["model_id"] == test.model_id.tolist()
+    m = pd.read_csv(park / "metrics.csv").set_index("model_id")
+    for split, df in (("test", test), ("test_unseen", unseen)):
+        assert (m.loc[df.model_id, "split"] == split).all()
+        assert np.allclose(m.loc[df.model_id, "test_accuracy"], df.target)
     # baselines that need one architecture refuse the mixed zoo by name
     with pytest.raises(ValueError, match="one architecture"):
         ex.run(config_updates=dict(upd, encoder={"kind": "nfn_hnp"}), options={"--capture": "no"})

@@ -96,3 +96,23 @@ def test_pixel_classifier_learns_and_shuffled_labels_do_not():
     assert good["test_acc"] >= 0.9 and good["params"] > 0
     bad = train_pixel_classifier({"train": split(256, shuffle=True), "val": split(64), "test": split(128)}, **kw)
     assert bad["test_acc"] <= 0.7
+
+
+def test_runs_under_a_previous_default_are_reported_apart(tmp_path, results, monkeypatch):
+    """Runs moved to ``_previous_defaults/<key>`` get their own section and never enter the current row (control:
+    a run in the row's own folder does)."""
+    table, _ = tiny_table(tmp_path)
+    monkeypatch.setattr(tables, "PREVIOUS_DEFAULTS", {"toy_inr": {"old_order": "the old order, for the test"}})
+    old = results / "rows" / "toy_inr" / "_previous_defaults" / "old_order" / "toy" / "inr2jls"
+    new = results / "rows" / "toy_inr" / "toy" / "inr2jls"
+    for folder, acc in ((old, 0.25), (new, 0.75)):
+        folder.mkdir(parents=True)
+        (folder / "seed0.json").write_text(json.dumps({"seed": 0, "test_acc": acc, "params": 1, "train_s": 1.0,
+                                                       "recon_mse_ratio": None, "history": []}))
+    tables.write_report(table, "default", "cmd")
+    doc = json.loads((results / "toy_inr.json").read_text())
+    assert next(r for r in doc["rows"] if r["name"] == "inr2jls")["test_acc"] == [0.75]
+    (block,) = doc["previous_defaults"]
+    assert block["key"] == "old_order" and [(r["name"], r["test_acc"]) for r in block["rows"]] == [("inr2jls", [0.25])]
+    md = (results / "toy_inr.md").read_text()
+    assert "## Runs under a previous default: `old_order`" in md and "| toy | inr2jls | 25.00 ± 0.00 | 1 |" in md

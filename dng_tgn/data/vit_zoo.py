@@ -5,8 +5,10 @@ Training is vectorised with ``torch.func``: the models' parameters are stacked a
 ``functional_call`` runs them all, each on its own batch. Adam is elementwise, so one Adam over the stacked tensors
 is one Adam per model. A model's parameters are snapshotted (and scored) at the end of its stop epoch.
 
-On disk (``root``): meta.json (SimpleViT kwargs, ``heads``, ``layout``, settings), models.pt ({name: stacked tensor}), metrics.csv
-(model_id, seed, stop_epoch, test_accuracy, split), _shards/ while building.
+On disk (``root``): meta.json (SimpleViT kwargs, ``heads``, ``layout``, ``split_seed``, ``split_fractions``,
+settings), models.pt ({name: stacked tensor}), metrics.csv (model_id, seed, stop_epoch, lr, test_accuracy, split),
+_shards/ while building. The split is :func:`vit_split` of meta.json's ``split_fractions``: 80/10/10 (App. E.2) by
+default and in the ``cpu`` / ``full`` presets, 50/10/40 in ``bench``.
 """
 from __future__ import annotations
 
@@ -130,7 +132,13 @@ def train_vits(model_kwargs, seeds, stop_epochs, x_train, y_train, x_test, y_tes
 
 
 class ViTZooDataset(Dataset):
-    """Items are ``(state_dict, test_accuracy)`` with vit-pytorch SimpleViT keys; split is a seeded 80/10/10.
+    """Items are ``(state_dict, test_accuracy)`` with vit-pytorch SimpleViT keys, for one split of the zoo.
+
+    The split is the seeded :func:`vit_split` of meta.json's ``split_seed`` and ``split_fractions`` (train, val, test),
+    which the builder records: App. E.2's 80/10/10 unless ``--split`` or the preset chose otherwise (``bench``:
+    50/10/40, i.e. 300 / 60 / 240 of 600 ViTs); zoos that predate the record are 80/10/10 with seed 0. When
+    metrics.csv has the builder's ``split`` column, it must agree with that split. ``idx[i]`` is item i's row in
+    models.pt and metrics.csv (its identity in the zoo).
 
     ``model_kwargs`` rebuilds the architecture: ``SimpleViT(**ds.model_kwargs).load_state_dict(ds[i][0])``; zoos in
     the older vit-pytorch layout (``linear_head.{0,1}``) load too. ``heads`` is the attention head count, which the
@@ -178,6 +186,14 @@ class ViTZooDataset(Dataset):
         # zoos written before split fractions were recorded use App. E.2's 80/10/10
         self.idx = vit_split(n, int(self.metadata.get("split_seed", 0)),
                              self.metadata.get("split_fractions", (0.8, 0.1, 0.1)))[split]
+        if "split" in metrics.columns and split != "all":  # the builder's own record of the split: must agree
+            recorded = np.flatnonzero(metrics["split"].astype(str).to_numpy() == split)
+            if not np.array_equal(recorded, self.idx):
+                raise CorruptInputError(
+                    f"{root}: metrics.csv's 'split' column puts {len(recorded)} ViTs in {split!r}, but meta.json's "
+                    f"split (seed {self.metadata.get('split_seed', 0)}, fractions "
+                    f"{self.metadata.get('split_fractions', (0.8, 0.1, 0.1))}) puts {len(self.idx)} there, or "
+                    f"other ones; one of the two files was edited or comes from another build")
         self.params = params
         self.metrics = metrics.iloc[self.idx].reset_index(drop=True)
         self.targets = self.metrics["test_accuracy"].to_numpy(dtype=np.float64)

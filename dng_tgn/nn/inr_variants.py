@@ -50,8 +50,10 @@ def noisy_targets(images: torch.Tensor, std: float, generator: torch.Generator |
 class EncoderClassifier(nn.Module):
     """Weight encoder -> F.1.2's three-layer MLP on its embedding (``s(t^L)`` for the DNG-Encoder): class logits.
 
-    ``forward(inputs) -> (B, num_classes)``; trained end to end (the authors' encoder-only classifier: hidden 128,
-    dropout 0.5 between layers).
+    ``forward(inputs) -> (B, num_classes)``; trained end to end. ``hidden_dim`` defaults to F.1.2's classifier width
+    256, ``dropout`` 0.5 between layers. ``experiments/inr2jls.py`` passes its ``classifier.hidden`` instead: 64 at
+    the default and ``bench`` scales, 256 in ``paper``. (The authors' encoder-only script uses ``cls_dim`` 128 and
+    dropout 0.5, ``../shared/peers.md``; no config here uses 128.)
     """
 
     def __init__(self, encoder: nn.Module, num_classes: int, hidden_dim: int = 256, dropout: float = 0.5):

@@ -7,11 +7,16 @@ streams, with the same head, loss, budget and early stopping.
 
 Collapse detection: every run checks its best model on validation (R² and std(pred)/std(target),
 :func:`~dng_tgn.training.collapse_check`); a ratio < 0.1 warns, logs and sets ``val.collapsed`` in the result.
+
+Per-net test predictions (``<name>_test_predictions.csv``: ``model_id, target, prediction``) name each network by
+its id in the zoo's files (:attr:`GeneralizationData.ids`), so that two methods' predictions are paired on the
+same network (the paired bootstrap of ``experiments/tables.py``), never on row order or on equal targets.
 """
 from __future__ import annotations
 
 import math
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Mapping
 
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..choices import parse_choice
 from ..data.state_dict_set import StateDictSet
 from ..device import resolve_device
 from ..nn.factory import EncoderKind, build_encoder, fit_degree_scaler, sized_encoder_kwargs
@@ -30,7 +36,7 @@ from ..training import (EpochSampler, collapse_check, kendall_tau, r2_score, res
 from .common import checkpoint_dir, count_params, open_split, save_predictions, set_threads
 
 __all__ = ["GeneralizationData", "load_cnn_zoo", "load_vit_zoo", "load_wild_park", "predict", "scatter_figure",
-           "run_generalization"]
+           "run_generalization", "HeadLoss"]
 
 CNN_ZOO_BUILD = "python -m dng_tgn.data.build_cnn_zoo --out <folder>"
 VIT_ZOO_BUILD = "python -m dng_tgn.data.build_vit_zoo --out <folder>"
@@ -38,15 +44,35 @@ WILD_PARK_BUILD = "python -m dng_tgn.data.build_wild_park --out <folder>"
 
 
 class GeneralizationData:
-    """The three splits of a zoo and what the encoder needs to know of its networks."""
+    """The three splits of a zoo and what the encoder needs to know of its networks.
+
+    ``ids``: split name (``train``, ``val``, ``test`` and every ``extra_tests`` name) -> (n,) int64 ids of that
+    split's networks in item order, each the network's identity in the zoo's files (CNN zoo: its ``weights.npy``
+    row; ViT zoo: its ``models.pt`` / ``metrics.csv`` row; Wild Park: ``metrics.csv``'s ``model_id``). Unique
+    within a zoo, the same whichever split file or ``limit`` selected the network. None: positions 0..n-1, which
+    identify nothing outside this object (predictions saved with them cannot be paired with another run's).
+    """
 
     def __init__(self, train: StateDictSet, val: StateDictSet, test: StateDictSet, num_outputs: int, num_slots: int,
-                 info: Mapping | None = None, extra_tests: Mapping | None = None):
+                 info: Mapping | None = None, extra_tests: Mapping | None = None, ids: Mapping | None = None):
         self.train, self.val, self.test = train, val, test
         self.num_outputs, self.num_slots = num_outputs, num_slots
         self.info = dict(info or {})
         # more held-out sets scored like test (the Wild Park's unseen architectures), by name
         self.extra_tests = dict(extra_tests or {})
+        sets = {"train": train, "val": val, "test": test, **self.extra_tests}
+        given = dict(ids or {})
+        unknown = sorted(set(given) - set(sets))
+        if unknown:
+            raise ValueError(f"ids for unknown splits {unknown}; the splits are {sorted(sets)}")
+        self.ids: dict[str, np.ndarray] = {}
+        for split, ds in sets.items():
+            v = np.asarray(given[split], dtype=np.int64) if split in given else np.arange(len(ds), dtype=np.int64)
+            if v.shape != (len(ds),):
+                raise ValueError(f"split {split!r}: {v.shape[0] if v.ndim else 0} ids for {len(ds)} networks")
+            if len(np.unique(v)) != len(v):
+                raise ValueError(f"split {split!r}: network ids are not unique, so they cannot name a network")
+            self.ids[split] = v
 
 
 def load_cnn_zoo(root: Path, split_file: str | None = None, limit: int | None = None) -> GeneralizationData:
@@ -57,12 +83,14 @@ def load_cnn_zoo(root: Path, split_file: str | None = None, limit: int | None = 
         ds = open_split(lambda s: CNNZooDataset(root, s, split_file=split_file), root, split, "CNN zoo", CNN_ZOO_BUILD)
         # the zoo samples relu/tanh per network; the activation is not an encoder input (graphs carry weights
         # only), so the converter's default is used for all
-        return StateDictSet.from_dataset(ds, desc=f"zoo {split}", limit=limit)
+        items = StateDictSet.from_dataset(ds, desc=f"zoo {split}", limit=limit)
+        return items, np.asarray(ds.rows[:len(items)])  # a network's id: its row in weights.npy
 
-    train, val, test = (load(s) for s in ("train", "val", "test"))
+    (train, i_tr), (val, i_va), (test, i_te) = (load(s) for s in ("train", "val", "test"))
     conv = next(v for v in train.params.values() if v.dim() == 5)  # (n, out, in, kh, kw)
     return GeneralizationData(train, val, test, num_outputs=int(train.params["head.weight"].shape[1]),
-                              num_slots=int(conv.shape[-1] * conv.shape[-2]))
+                              num_slots=int(conv.shape[-1] * conv.shape[-2]),
+                              ids={"train": i_tr, "val": i_va, "test": i_te})
 
 
 def load_vit_zoo(root: Path, limit: int | None = None) -> GeneralizationData:
@@ -75,11 +103,13 @@ def load_vit_zoo(root: Path, limit: int | None = None) -> GeneralizationData:
         if heads is None:
             raise KeyError(f"{root}/meta.json model_kwargs lacks 'heads', which the App. E.2 conversion needs")
         # a state_dict does not record the number of attention heads: it comes from the stored SimpleViT kwargs
-        return StateDictSet.from_dataset(ds, desc=f"vit {split}", limit=limit, convert_kwargs={"heads": int(heads)}), ds
+        items = StateDictSet.from_dataset(ds, desc=f"vit {split}", limit=limit, convert_kwargs={"heads": int(heads)})
+        return items, ds, np.asarray(ds.idx[:len(items)])  # a network's id: its row in models.pt and metrics.csv
 
-    (train, ds), (val, _), (test, _) = (load(s) for s in ("train", "val", "test"))
+    (train, ds, i_tr), (val, _, i_va), (test, _, i_te) = (load(s) for s in ("train", "val", "test"))
     return GeneralizationData(train, val, test, num_outputs=int(ds.model_kwargs.get("num_classes", 10)), num_slots=1,
-                              info={"vit_kwargs": dict(ds.model_kwargs)})
+                              info={"vit_kwargs": dict(ds.model_kwargs)},
+                              ids={"train": i_tr, "val": i_va, "test": i_te})
 
 
 def model_inputs(data, idx, device, parameters: bool = False):
@@ -101,8 +131,11 @@ def load_wild_park(root: Path, limit: int | None = None) -> GeneralizationData:
 
     def load(split):
         ds = open_split(lambda s: WildParkDataset(root, s), root, split, "Wild Park", WILD_PARK_BUILD)
-        return StreamSet.from_dataset(ds, desc=f"wild park {split}", limit=limit)
+        items = StreamSet.from_dataset(ds, desc=f"wild park {split}", limit=limit)
+        ids[split] = ds.rows["model_id"].to_numpy()[:len(items)]
+        return items
 
+    ids: dict[str, np.ndarray] = {}
     train, val, test, unseen = (load(s) for s in ("train", "val", "test", "test_unseen"))
     k = max(st.num_slots for d in (train, val, test, unseen) for st in d.streams)
     seen = {str(a) for a in train.archs}
@@ -110,7 +143,7 @@ def load_wild_park(root: Path, limit: int | None = None) -> GeneralizationData:
     if any(str(a) in seen for a in unseen.archs):
         raise ValueError(f"{root}: an unseen-architecture network has a training architecture; the split is wrong")
     return GeneralizationData(train, val, test, num_outputs=10, num_slots=k, info=info,
-                              extra_tests={"test_unseen": unseen})
+                              extra_tests={"test_unseen": unseen}, ids=ids)
 
 
 @torch.no_grad()
@@ -146,6 +179,25 @@ def _scores(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
             "std_ratio": spread_ratio(pred, y)}
 
 
+class HeadLoss(Enum):
+    """The training loss of the predicted accuracy (``head.loss``); the prediction is ``sigmoid(logit)`` either way."""
+
+    BCE = "bce"  # §8.2 / the authors' predictor: binary cross-entropy of sigmoid(logit) against the accuracy
+    MSE = "mse"  # Kofinas et al.'s CNN-zoo choice: squared error of sigmoid(logit) against the accuracy
+
+    @classmethod
+    def parse(cls, value: "str | HeadLoss") -> "HeadLoss":
+        return parse_choice(cls, value, "head.loss")
+
+    def criterion(self):
+        """``(logits, accuracy) -> scalar``, the mean over the batch."""
+        if self is HeadLoss.BCE:
+            return nn.BCEWithLogitsLoss()
+        if self is HeadLoss.MSE:
+            return lambda z, t: nn.functional.mse_loss(torch.sigmoid(z), t)
+        raise AssertionError(f"HeadLoss.criterion does not handle {self}")  # a new member needs a branch here
+
+
 def run_generalization(*, run, name: str, data: GeneralizationData, seed: int, encoder: Mapping, optim: Mapping,
                        head: Mapping, runtime: Mapping) -> dict:
     """Train and test a generalisation predictor; returns the final metrics (also logged and put in ``run.info``).
@@ -161,6 +213,7 @@ def run_generalization(*, run, name: str, data: GeneralizationData, seed: int, e
     set_threads(runtime["num_threads"])
     kind = EncoderKind.parse(encoder["kind"])
     path = ExecutionPath.parse(runtime["path"])
+    loss_kind = HeadLoss.parse(head.get("loss", HeadLoss.BCE))
     seed_everything(seed)
     train, val, test = data.train, data.val, data.test
     by_params = kind.reads_parameters
@@ -190,16 +243,11 @@ def run_generalization(*, run, name: str, data: GeneralizationData, seed: int, e
     total = optim["steps"] if optim["steps"] else optim["epochs"] * sampler.per_epoch
     eval_every = optim["eval_every"] or sampler.per_epoch
     eval_bs = runtime["eval_batch_size"]
-    # §8.2 / the authors' predictor: BCE on the sigmoid output; ``head.loss="mse"`` is Kofinas et al.'s CNN-zoo
-    # choice (MSE between the predicted and true accuracy, the prediction still sigmoid(logit))
-    loss_kind = str(head.get("loss", "bce")).lower()
-    if loss_kind not in ("bce", "mse"):
-        raise ValueError(f"head.loss must be 'bce' or 'mse', got {head.get('loss')!r}")
-    bce = nn.BCEWithLogitsLoss() if loss_kind == "bce" else (lambda z, t: nn.functional.mse_loss(torch.sigmoid(z), t))
+    criterion = loss_kind.criterion()
 
     def step(idx):
         x, y = model_inputs(train, idx, dev, by_params)
-        return bce(model(x), y.float().to(dev))
+        return criterion(model(x), y.float().to(dev))
 
     ckdir = checkpoint_dir(run, runtime["checkpoint_dir"])
     result = train_loop(
@@ -213,14 +261,14 @@ def run_generalization(*, run, name: str, data: GeneralizationData, seed: int, e
     val_check = collapse_check(predict(model, val, eval_bs, dev, by_params), val.targets.numpy(), f"{name} [{kind.value}]")
     pred, y = predict(model, test, eval_bs, dev, by_params), test.targets.numpy()
     final = _scores(pred, y)  # single values: the run's result and info, not metrics
-    save_predictions(run, f"{name}_test_predictions.csv", target=y, prediction=pred)
+    save_predictions(run, f"{name}_test_predictions.csv", model_id=data.ids["test"], target=y, prediction=pred)
     if run is not None:
         log_figure(run, scatter_figure(pred, y, f"{name} ({kind.value}), test set"), f"{name}_scatter.png", close=True)
     extra = {}
     for tname, tset in data.extra_tests.items():  # e.g. the Wild Park's unseen architectures
         p_t, y_t = predict(model, tset, eval_bs, dev, by_params), tset.targets.numpy()
         extra[tname] = _scores(p_t, y_t)
-        save_predictions(run, f"{name}_{tname}_predictions.csv", target=y_t, prediction=p_t)
+        save_predictions(run, f"{name}_{tname}_predictions.csv", model_id=data.ids[tname], target=y_t, prediction=p_t)
     summary = {"test": final, "val": val_check, **extra, "steps": result.steps, "best_step": result.best_step,
                "best_val_kendall_tau": result.best_metric, "stopped_early": result.stopped_early,
                "resumed_from_step": result.resumed_from, "params": info["params"],
