@@ -16,6 +16,7 @@ from typing import Any
 
 from sacred import Ingredient
 
+from dng_tgn.baselines.nfn import NFNMode
 from dng_tgn.device import default_device, resolve_device
 from dng_tgn.nn.factory import EncoderKind
 from dng_tgn.nn.memory import CellInput, UpdateCell
@@ -66,6 +67,9 @@ def encoder_ingredient(**defaults) -> Ingredient:
         for key, parse in (("cell", UpdateCell.parse), ("gru_input", CellInput.parse)):
             if key in dng:
                 _check(f"encoder.dng.{key}", parse, dng[key])
+        nfn = config["encoder"].get("nfn") or {}
+        if "pool" in nfn:
+            _check("encoder.nfn.pool", lambda v: NFNMode.parse(v, "NFN pool"), nfn["pool"])
         return {}
 
     return ing

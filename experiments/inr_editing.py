@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from sacred.utils import apply_backspaces_and_linefeeds
 
-from dng_tgn.data.image_edits import EDITS
-from dng_tgn.tasks.inr_editing import METHODS, run_inr_editing
+from dng_tgn.baselines.nfn import NFNMode
+from dng_tgn.data.image_edits import ImageEdit
+from dng_tgn.tasks.inr_editing import EditingMethod, run_inr_editing
 from dng_tgn.tracking import make_experiment
 
 from .ingredients import ConfigChoiceError, data_ingredient, encoder_ingredient, optim_ingredient, runtime_ingredient
@@ -65,10 +66,14 @@ def paper():
 
 @ex.config_hook
 def check_choices(config, command_name, logger):
-    if config["edit"] not in EDITS:
-        raise ConfigChoiceError(f"edit={config['edit']!r}: choose one of {sorted(EDITS)}")
-    if config["method"] not in METHODS:
-        raise ConfigChoiceError(f"method={config['method']!r}: choose one of {list(METHODS)}")
+    """A bad choice fails before any run directory exists; the config keeps the strings (run_inr_editing parses)."""
+    checks = (("edit", config["edit"], ImageEdit.parse), ("method", config["method"], EditingMethod.parse),
+              ("nfn.mode", config["nfn"].get("mode", NFNMode.HNP.value), NFNMode.parse))
+    for key, value, parse in checks:
+        try:
+            parse(value)
+        except ValueError as e:
+            raise ConfigChoiceError(f"{key}={value!r}: {e}") from None
     return {}
 
 

@@ -21,26 +21,31 @@ import sys
 import time
 from pathlib import Path
 
-from dng_tgn.data.image_edits import EDITS
-from dng_tgn.tasks.inr_editing import METHODS
+from dng_tgn.choices import parse_choice
+from dng_tgn.data.image_edits import ImageEdit
+from dng_tgn.tasks.inr_editing import EditingMethod
 
 RESULTS = Path("results")
 ROWS = RESULTS / "rows" / "inr_editing"
 DEFAULT_DATA = ".data/editing/mnist_inrs"
-EDIT_ORDER = ("dilate", "erode", "gradient")
-METHOD_ORDER = ("identity", "nfn", "dng", "dng_image_decoder")
-LABELS = {"identity": "identity (input INR unchanged)", "nfn": "NFN (HNP layers -> weight delta)",
-          "dng": "DNG-Encoder -> weight delta", "dng_image_decoder": "DNG-Encoder -> image decoder (authors' variant)"}
+# the report's column and row order (the enums' own order is not the table's)
+EDIT_ORDER = (ImageEdit.DILATE, ImageEdit.ERODE, ImageEdit.GRADIENT)
+METHOD_ORDER = (EditingMethod.IDENTITY, EditingMethod.NFN, EditingMethod.DNG, EditingMethod.DNG_IMAGE_DECODER)
+LABELS = {EditingMethod.IDENTITY: "identity (input INR unchanged)",
+          EditingMethod.NFN: "NFN (HNP layers -> weight delta)", EditingMethod.DNG: "DNG-Encoder -> weight delta",
+          EditingMethod.DNG_IMAGE_DECODER: "DNG-Encoder -> image decoder (authors' variant)"}
 
 
-def row_file(edit: str, method: str, seed: int) -> Path:
-    return ROWS / edit / method / f"seed{seed}.json"
+def row_file(edit: ImageEdit | str, method: EditingMethod | str, seed: int) -> Path:
+    """Where one finished run's row lands; the folders are the config strings."""
+    return ROWS / ImageEdit.parse(edit).value / EditingMethod.parse(method).value / f"seed{seed}.json"
 
 
-def run_one(edit: str, method: str, seed: int, data_root: str, threads: int | None) -> dict:
+def run_one(edit: ImageEdit, method: EditingMethod, seed: int, data_root: str, threads: int | None) -> dict:
     from experiments.inr_editing import ex
 
-    updates = {"seed": seed, "edit": edit, "method": method, "data": {"root": data_root}}
+    # Sacred configs hold the strings
+    updates = {"seed": seed, "edit": edit.value, "method": method.value, "data": {"root": data_root}}
     if seed == 0:  # the figure shows seed 0; other seeds' examples would only add to the repository
         updates["examples_out"] = str(row_file(edit, method, seed).with_suffix(".npz"))
     if threads:
@@ -60,14 +65,15 @@ def machine() -> str:
 
 
 def collect(edits, methods) -> list[dict]:
+    """One row per (method, edit) from the row files; ``name`` / ``edit`` are the config strings (the JSON's)."""
     rows = []
     for method in methods:
         for edit in edits:
-            files = sorted((ROWS / edit / method).glob("seed*.json"))
+            files = sorted(row_file(edit, method, 0).parent.glob("seed*.json"))
             runs = [json.loads(f.read_text()) for f in files]
             mse = [r["mse"] for r in runs]
             rows.append({
-                "name": method, "edit": edit, "seeds": [r["seed"] for r in runs], "mse": mse,
+                "name": method.value, "edit": edit.value, "seeds": [r["seed"] for r in runs], "mse": mse,
                 "mean": statistics.fmean(mse) if mse else None,
                 "std": statistics.stdev(mse) if len(mse) > 1 else (0.0 if mse else None),
                 "params": runs[0]["params"] if runs else None,
@@ -100,7 +106,7 @@ def write_figure(edits, methods, n: int = 4) -> Path | None:
             blocks[edit] = ex
     if not blocks:
         return None
-    row_names = ["input INR", "target"] + [m for m in methods]
+    row_names = ["input INR", "target"] + [m.value for m in methods]
     cols = [(e, j) for e in blocks for j in range(n)]
     fig, axes = plt.subplots(len(row_names), len(cols), figsize=(0.8 * len(cols) + 1.2, 0.85 * len(row_names) + 0.4),
                              squeeze=False)
@@ -117,7 +123,7 @@ def write_figure(edits, methods, n: int = 4) -> Path | None:
                 continue
             ax.imshow((np.clip(imgs[j, 0].astype(np.float32), -1, 1) + 1) / 2, cmap="gray", vmin=0, vmax=1)
             if r == 0 and j == 0:
-                ax.set_title(edit, fontsize=8, loc="left")
+                ax.set_title(edit.value, fontsize=8, loc="left")
     for r, name in enumerate(row_names):
         axes[r, 0].set_ylabel(name, fontsize=6, rotation=0, ha="right", va="center")
     fig.suptitle("INR editing, first test INRs (seed 0)", fontsize=9)
@@ -141,7 +147,7 @@ def write_report(edits, methods, command: str, data_root: str, note: str = "") -
     RESULTS.mkdir(exist_ok=True)
     _atomic_write(RESULTS / "inr_editing.json", json.dumps(doc, indent=1))
     fig = write_figure(edits, methods)
-    by = {(r["name"], r["edit"]): r for r in rows}
+    by = {(EditingMethod(r["name"]), ImageEdit(r["edit"])): r for r in rows}
     lines = [
         "# INR editing (NFN's SIREN stylization; the DNG authors' `stylize_siren.py`)", "",
         f"Scale `bench`; machine: {doc['machine']}; date {doc['date']}.",
@@ -154,7 +160,7 @@ def write_report(edits, methods, command: str, data_root: str, note: str = "") -
         "Settings (the experiment's defaults, read from a finished run's config): "
         + ("; ".join(f"`{k}` {json.dumps(v)}" for k, v in settings.items()) if settings else "no run yet") + ". "
         "Every method trains with the same optimiser and step budget; validation MSE picks the weights.", "",
-        "| method | " + " | ".join(edits) + " | params | train s (mean) |",
+        "| method | " + " | ".join(e.value for e in edits) + " | params | train s (mean) |",
         "| --- | " + " | ".join("---" for _ in edits) + " | --- | --- |",
     ]
     for m in methods:
@@ -163,18 +169,19 @@ def write_report(edits, methods, command: str, data_root: str, note: str = "") -
         ts = [r["train_s"] for r in rs if r["train_s"] is not None]
         params_s = "—" if params is None else str(params)
         train_s = f"{statistics.fmean(ts):.0f}" if ts else "—"
-        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(_fmt(r) for r in rs) + f" | {params_s} | {train_s} |")
-    ref = [by[("identity", e)]["mean_target_mse"] for e in edits if by.get(("identity", e), {}).get("mean_target_mse")]
+        lines.append(f"| {LABELS[m]} | " + " | ".join(_fmt(r) for r in rs) + f" | {params_s} | {train_s} |")
+    ref = [by[(EditingMethod.IDENTITY, e)]["mean_target_mse"] for e in edits
+           if by.get((EditingMethod.IDENTITY, e), {}).get("mean_target_mse")]
     if len(ref) == len(edits):
         lines.append("| (reference) mean training target | " + " | ".join(f"{v:.4f}" for v in ref) + " | — | — |")
     lines += ["", "Target of the issue: DNG MSE ≤ NFN's on each edit. Measured:"]
     for e in edits:
-        d, f = by.get(("dng", e)), by.get(("nfn", e))
+        d, f = by.get((EditingMethod.DNG, e)), by.get((EditingMethod.NFN, e))
         if d and f and d["mean"] is not None and f["mean"] is not None:
             verdict = "met" if d["mean"] <= f["mean"] else "not met"
-            lines.append(f"- {e}: DNG {d['mean']:.4f} vs NFN {f['mean']:.4f}: {verdict}")
+            lines.append(f"- {e.value}: DNG {d['mean']:.4f} vs NFN {f['mean']:.4f}: {verdict}")
         else:
-            lines.append(f"- {e}: not both run yet")
+            lines.append(f"- {e.value}: not both run yet")
     lines += ["", "The bench budget (250 steps of batch 16) is tiny beside NFN's 50k steps and the authors' 400k: the "
               "weight-delta methods start at the input SIREN and improve on it quickly, while the image decoder must "
               "learn to draw digits from scratch and stays near the mean-training-target reference at this budget. "
@@ -192,10 +199,10 @@ def _settings(edits, methods) -> dict:
     """The training settings of the first finished run (its Sacred config.json), for the report."""
     for edit in edits:
         for method in methods:
-            for f in sorted((ROWS / edit / method).glob("seed*.json")):
+            for f in sorted(row_file(edit, method, 0).parent.glob("seed*.json")):
                 run_dir = json.loads(f.read_text()).get("run_dir")
                 cfg = Path(run_dir) / "config.json" if run_dir else None
-                if cfg is not None and cfg.is_file() and method != "identity":
+                if cfg is not None and cfg.is_file() and method is not EditingMethod.IDENTITY:
                     c = json.loads(cfg.read_text())
                     keep = ("steps", "batch_size", "lr", "eval_every", "patience", "grad_clip")
                     return {"optim": {k: c["optim"][k] for k in keep}, "encoder.dng": c["encoder"]["dng"],
@@ -214,17 +221,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.inr_editing_grid", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=DEFAULT_DATA, help=f"INR folder (default {DEFAULT_DATA})")
-    p.add_argument("--methods", default=",".join(METHOD_ORDER), help="comma-separated subset of " + ",".join(METHODS))
-    p.add_argument("--edits", default=",".join(EDIT_ORDER), help="comma-separated subset of " + ",".join(EDITS))
+    p.add_argument("--methods", default=",".join(m.value for m in METHOD_ORDER),
+                   help="comma-separated subset of " + ",".join(m.value for m in EditingMethod))
+    p.add_argument("--edits", default=",".join(e.value for e in EDIT_ORDER),
+                   help="comma-separated subset of " + ",".join(e.value for e in ImageEdit))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (1: fastest on a busy CPU)")
     p.add_argument("--report", action="store_true", help="only re-render the report from finished runs")
     p.add_argument("--note", default="", help="a remark on the conditions of the runs, written into the report")
     args = p.parse_args(argv)
-    methods, edits = args.methods.split(","), args.edits.split(",")
-    bad = [m for m in methods if m not in METHODS] + [e for e in edits if e not in EDITS]
-    if bad:
-        p.error(f"unknown method/edit {bad}; methods: {list(METHODS)}, edits: {sorted(EDITS)}")
+    try:  # the CLI boundary: names -> members, an error naming the option and its valid values
+        methods = [parse_choice(EditingMethod, m, "--methods entry") for m in args.methods.split(",")]
+        edits = [parse_choice(ImageEdit, e, "--edits entry") for e in args.edits.split(",")]
+    except ValueError as e:
+        p.error(str(e))
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -247,10 +257,10 @@ def main(argv=None) -> int:
     todo = [t for t in plan if not row_file(*t).is_file()]
     print(f"inr_editing: {len(plan)} runs planned, {len(plan) - len(todo)} done, {len(todo)} to run", flush=True)
     for i, (edit, method, seed) in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {edit} / {method} / seed {seed} ...", flush=True)
+        print(f"[{i}/{len(todo)}] {edit.value} / {method.value} / seed {seed} ...", flush=True)
         t0 = time.perf_counter()
         result = run_one(edit, method, seed, args.data_root, args.threads)
-        result.update(seed=seed, edit=edit, method=method, wall_s=time.perf_counter() - t0,
+        result.update(seed=seed, edit=edit.value, method=method.value, wall_s=time.perf_counter() - t0,
                       date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
         path = row_file(edit, method, seed)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from dng_tgn.data.image_edits import edit_images
 from dng_tgn.data.rendered_inrs import INRSet, render_images
 from dng_tgn.data.siren_fit import init_sirens
 from dng_tgn.data.state_dict_set import StateDictSet
-from dng_tgn.tasks.inr_editing import (METHODS, NFN_KEYS, EditingModel, EditingSplit, build_editing_model,
+from dng_tgn.tasks.inr_editing import (NFN_KEYS, EditingMethod, EditingModel, EditingSplit, build_editing_model,
                                        editing_mse, render_sirens)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -142,7 +142,7 @@ def write_inr_set(root: Path, n_train=8, n_val=4, n_test=4) -> Path:
     return root
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [m.value for m in EditingMethod])  # as a Sacred config holds it
 def test_experiment_end_to_end(tmp_path, runs_root, method):
     from experiments.inr_editing import ex
 
@@ -168,10 +168,14 @@ def test_experiment_refuses_unknown_choices_before_any_run_directory(runs_root):
     from experiments.inr_editing import ex
     from experiments.ingredients import ConfigChoiceError
 
-    with pytest.raises(ConfigChoiceError, match="edit='blur'"):
+    with pytest.raises(ConfigChoiceError, match="edit='blur': unknown edit 'blur'; valid values are 'dilate', 'erode', "
+                                                "'gradient'"):
         ex.run(config_updates=dict(edit="blur"), options={"--capture": "no"})
-    with pytest.raises(ConfigChoiceError, match="method='copy'"):
+    with pytest.raises(ConfigChoiceError, match="method='copy': unknown method 'copy'; valid values are 'dng', 'nfn', "
+                                                "'identity', 'dng_image_decoder'"):
         ex.run(config_updates=dict(method="copy"), options={"--capture": "no"})
+    with pytest.raises(ConfigChoiceError, match="nfn.mode='xnp': .*valid values are 'np', 'hnp'"):
+        ex.run(config_updates=dict(nfn=dict(mode="xnp")), options={"--capture": "no"})
     assert not (runs_root / "inr_editing").exists() or not any((runs_root / "inr_editing").iterdir())
 
 

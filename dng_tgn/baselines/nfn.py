@@ -41,18 +41,42 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ..choices import parse_choice
+
 __all__ = [
     "WeightSpace", "NFNLayout", "select_rows", "permute_neurons",
     "NPLinear", "HNPLinear", "WeightSpaceReLU", "FourierFeatures", "NPPool", "HNPPool",
-    "NFNEncoder", "count_parameters", "nfn_parameter_count", "NFN_MODES",
+    "NFNEncoder", "count_parameters", "nfn_parameter_count", "NFNMode", "NFN_MODES",
 ]
 
-NFN_MODES = ("np", "hnp")
+
+class NFNMode(Enum):
+    """Which symmetry group an NFN layer or pooling respects (the paper's names; see the module docstring)."""
+
+    NP = "np"  # every neuron layer permutable; the layers add input/output embeddings (NP-PosEmb)
+    HNP = "hnp"  # hidden neuron layers only: inputs and outputs are fixed positions
+
+    @classmethod
+    def parse(cls, value: "str | NFNMode", what: str = "NFN mode") -> "NFNMode":
+        """``"np"`` / ``"hnp"`` (configs and callers pass strings) -> member; ``what`` names the option in the error."""
+        return parse_choice(cls, value, what)
+
+    def linear(self, layout: "NFNLayout", in_channels: int, out_channels: int) -> nn.Module:
+        """This group's equivariant layer (NP with input/output embeddings, or HNP)."""
+        if self is NFNMode.NP:
+            return NPLinear(layout, in_channels, out_channels, io_embed=True)
+        if self is NFNMode.HNP:
+            return HNPLinear(layout, in_channels, out_channels)
+        raise AssertionError(f"NFNMode.linear does not handle {self}")  # a new member needs a branch here
+
+
+NFN_MODES = tuple(m.value for m in NFNMode)  # the accepted strings
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -532,26 +556,22 @@ class NFNEncoder(nn.Module):
     ``forward(params)`` takes the stacked parameter dict (``StateDictSet.params`` rows; extra keys ignored) or
     a :class:`WeightSpace`; it does not take stream batches.
 
-    ``mode``: ``"np"`` = NPLinear layers with input/output embeddings (the paper's NP-PosEmb), ``"hnp"`` =
-    HNPLinear layers. ``pool``: ``"hnp"`` (default; keeps input/output positions, as in the authors'
-    generalization-prediction configs for both modes) or ``"np"``; the encoder is invariant to hidden-neuron
-    permutations either way. Defaults follow the paper's CNN-zoo generalization model (channels 16, 16, 5;
-    MLP head 1000 wide, 2 hidden layers); its INR classifier uses ``channels=(512,)*3``,
+    ``mode`` (:class:`NFNMode` or its value): ``"np"`` = NPLinear layers with input/output embeddings (the
+    paper's NP-PosEmb), ``"hnp"`` = HNPLinear layers. ``pool`` (the same): ``"hnp"`` (default; keeps input/output
+    positions, as in the authors' generalization-prediction configs for both modes) or ``"np"``; the encoder is
+    invariant to hidden-neuron permutations either way. Defaults follow the paper's CNN-zoo generalization model
+    (channels 16, 16, 5; MLP head 1000 wide, 2 hidden layers); its INR classifier uses ``channels=(512,)*3``,
     ``fourier=(128, 10.0)``, ``dropout=0.5``.
 
     ``set_normalization(params)`` stores per-layer scalar mean/std of weights and biases (from a training
     set) and standardises inputs with them -- scalars per tensor, so the symmetry is kept.
     """
 
-    def __init__(self, layout: NFNLayout, mode: str = "hnp", channels: Sequence[int] = (16, 16, 5),
-                 out_dim: int = 64, head_hidden: int = 1000, head_layers: int = 2, pool: str = "hnp",
+    def __init__(self, layout: NFNLayout, mode: NFNMode | str = NFNMode.HNP, channels: Sequence[int] = (16, 16, 5),
+                 out_dim: int = 64, head_hidden: int = 1000, head_layers: int = 2, pool: NFNMode | str = NFNMode.HNP,
                  fourier: tuple[int, float] | None = None, dropout: float = 0.0):
         super().__init__()
-        mode, pool = str(mode).lower(), str(pool).lower()
-        if mode not in NFN_MODES:
-            raise ValueError(f"mode must be one of {NFN_MODES}, got {mode!r}")
-        if pool not in ("np", "hnp"):
-            raise ValueError(f"pool must be 'np' or 'hnp', got {pool!r}")
+        mode, pool = NFNMode.parse(mode, "NFN mode"), NFNMode.parse(pool, "NFN pool")
         self.layout, self.mode, self.pool_mode, self.out_dim = layout, mode, pool, out_dim
         layers: list[nn.Module] = []
         c = 1
@@ -560,12 +580,13 @@ class NFNEncoder(nn.Module):
             layers.append(enc)
             c = enc.out_channels
         for width in channels:
-            layers.append(NPLinear(layout, c, width, io_embed=True) if mode == "np" else HNPLinear(layout, c, width))
+            layers.append(mode.linear(layout, c, width))
             layers.append(WeightSpaceReLU())
             c = width
         self.equivariant = nn.Sequential(*layers)
-        self.pool = HNPPool(layout) if pool == "hnp" else NPPool(layout)
-        d = (HNPPool if pool == "hnp" else NPPool).out_features(layout, c)
+        pool_cls = HNPPool if pool is NFNMode.HNP else NPPool
+        self.pool = pool_cls(layout)
+        d = pool_cls.out_features(layout, c)
         head: list[nn.Module] = []
         for _ in range(head_layers):
             head += [nn.Linear(d, head_hidden), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
@@ -603,6 +624,6 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def nfn_parameter_count(layout: NFNLayout, mode: str, width: int, depth: int = 3, **kwargs) -> int:
+def nfn_parameter_count(layout: NFNLayout, mode: NFNMode | str, width: int, depth: int = 3, **kwargs) -> int:
     """Trainable parameters of ``NFNEncoder(layout, mode, channels=(width,) * depth, **kwargs)``."""
     return count_parameters(NFNEncoder(layout, mode, channels=(width,) * depth, **kwargs))

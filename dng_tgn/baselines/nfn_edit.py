@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..nn.weight_edit import WeightStats
-from .nfn import FourierFeatures, HNPLinear, NFNLayout, NPLinear, WeightSpace, WeightSpaceReLU
+from .nfn import FourierFeatures, NFNLayout, NFNMode, WeightSpace, WeightSpaceReLU
 
 __all__ = ["NFNWeightEditor"]
 
@@ -30,16 +30,16 @@ class NFNWeightEditor(nn.Module):
     Args:
         layout: the networks' :class:`NFNLayout`.
         hidden, depth: channels of the ``depth`` hidden equivariant layers (NFN's stylization: 128, 3).
-        mode: ``"hnp"`` or ``"np"`` (NP with input/output embeddings).
+        mode: :class:`~dng_tgn.baselines.nfn.NFNMode` or its value, ``"hnp"`` or ``"np"`` (NP with input/output
+            embeddings).
         fourier_size, fourier_scale: RFF of the standardised values (0: the value alone).
         out_scale: initial delta scale relative to each tensor's training std.
     """
 
-    def __init__(self, layout: NFNLayout, hidden: int = 64, depth: int = 3, mode: str = "hnp",
+    def __init__(self, layout: NFNLayout, hidden: int = 64, depth: int = 3, mode: NFNMode | str = NFNMode.HNP,
                  fourier_size: int = 16, fourier_scale: float = 3.0, out_scale: float = 0.01):
         super().__init__()
-        if mode not in ("hnp", "np"):
-            raise ValueError(f"mode must be 'hnp' or 'np', got {mode!r}")
+        mode = NFNMode.parse(mode, "NFN editor mode")
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.layout = layout
@@ -47,14 +47,11 @@ class NFNWeightEditor(nn.Module):
         self.rff = FourierFeatures(1, fourier_size, fourier_scale) if fourier_size > 0 else None
         c = 1 + (self.rff.out_channels if self.rff is not None else 0)
 
-        def layer(ci, co):
-            return HNPLinear(layout, ci, co) if mode == "hnp" else NPLinear(layout, ci, co, io_embed=True)
-
         layers: list[nn.Module] = []
         for _ in range(depth):
-            layers += [layer(c, hidden), WeightSpaceReLU()]
+            layers += [mode.linear(layout, c, hidden), WeightSpaceReLU()]
             c = hidden
-        layers.append(layer(c, 1))
+        layers.append(mode.linear(layout, c, 1))
         self.net = nn.Sequential(*layers)
         L = layout.num_layers
         self.scale = nn.Parameter(torch.full((2 * L,), float(out_scale)))

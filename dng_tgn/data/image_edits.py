@@ -18,11 +18,15 @@ window, so this equals OpenCV's default of ignoring out-of-image pixels in dilat
 """
 from __future__ import annotations
 
+from enum import Enum
+
 import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["EDITS", "edit_images"]
+from ..choices import parse_choice
+
+__all__ = ["ImageEdit", "edit_images"]
 
 
 def _dilate(x: np.ndarray) -> np.ndarray:
@@ -38,21 +42,40 @@ def _gradient(x: np.ndarray) -> np.ndarray:
             - ndimage.minimum_filter(x, size=(1, 2, 2), mode="nearest") - 1.0)
 
 
-EDITS = {"dilate": _dilate, "erode": _erode, "gradient": _gradient}
+class ImageEdit(Enum):
+    """The edit of INR editing (the config's ``edit``); each is defined in the module docstring."""
+
+    DILATE = "dilate"  # 3x3 max (NFN)
+    ERODE = "erode"  # 2x2 min (the DNG authors)
+    GRADIENT = "gradient"  # 2x2 max - 2x2 min, renormalised (the DNG authors)
+
+    @classmethod
+    def parse(cls, value: "str | ImageEdit") -> "ImageEdit":
+        return parse_choice(cls, value, "edit")
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """(M, H, W) single-channel images in [-1, 1] -> their edit."""
+        if self is ImageEdit.DILATE:
+            return _dilate(x)
+        if self is ImageEdit.ERODE:
+            return _erode(x)
+        if self is ImageEdit.GRADIENT:
+            return _gradient(x)
+        raise AssertionError(f"ImageEdit.apply does not handle {self}")  # a new member needs a branch here
 
 
-def edit_images(images: torch.Tensor, edit: str) -> torch.Tensor:
-    """(N, C, H, W) images in [-1, 1] -> the ``edit`` of each channel of each image, same shape, float32.
+def edit_images(images: torch.Tensor, edit: ImageEdit | str) -> torch.Tensor:
+    """(N, C, H, W) images in [-1, 1] -> the ``edit`` (:class:`ImageEdit` or its name) of each channel of each
+    image, same shape, float32.
 
     Inputs are clipped to [-1, 1] first (a SIREN's rendering overshoots slightly; the source images do not).
     """
-    if edit not in EDITS:
-        raise ValueError(f"unknown edit {edit!r}; choose one of {sorted(EDITS)}")
+    edit = ImageEdit.parse(edit)
     if images.dim() != 4:
         raise ValueError(f"edit_images needs (N, C, H, W) images, got shape {tuple(images.shape)}")
     if not torch.isfinite(images).all():
         raise ValueError("edit_images: the images contain NaN or inf")
     n, c, h, w = images.shape
     x = images.detach().float().clamp(-1, 1).reshape(n * c, h, w).cpu().numpy()
-    out = EDITS[edit](x).astype(np.float32)
+    out = edit.apply(x).astype(np.float32)
     return torch.from_numpy(out).reshape(n, c, h, w)

@@ -111,7 +111,7 @@ class NFNWeightEncoder(WeightEncoder):
     normalisation is set by :meth:`set_normalization` from the *training* split only.
     """
 
-    def __init__(self, params: Mapping[str, torch.Tensor], mode: str, **kwargs):
+    def __init__(self, params: Mapping[str, torch.Tensor], mode, **kwargs):  # mode: baselines.nfn.NFNMode or its value
         super().__init__()
         from ..baselines.nfn import NFNEncoder, NFNLayout  # beside nn/, see NGGNNWeightEncoder
 
@@ -171,7 +171,9 @@ def build_encoder(kind: EncoderKind, *, num_outputs: int, num_slots: int, dng: M
         # nfn.normalize=False feeds raw weights, as NFN's own INR classifier does (its Fourier features of scale 10
         # are sized for raw SIREN weights, not standardised ones)
         normalize = bool(kw.pop("normalize", True))
-        enc = NFNWeightEncoder(params, "np" if kind is EncoderKind.NFN_NP else "hnp", **kw)
+        from ..baselines.nfn import NFNMode  # beside nn/, see NGGNNWeightEncoder
+
+        enc = NFNWeightEncoder(params, NFNMode.NP if kind is EncoderKind.NFN_NP else NFNMode.HNP, **kw)
         if normalize:
             enc.set_normalization(params)
         return enc

@@ -2,7 +2,7 @@
 produce the dilated / eroded / morphological-gradient image (:mod:`dng_tgn.data.image_edits`).
 
 The image an INR represents is its rendering on NFN's 'ij' grid (:mod:`dng_tgn.data.rendered_inrs`); the target
-is the edit of that rendering. Methods (``method``):
+is the edit of that rendering. Methods (``method``, :class:`EditingMethod`):
 
 * ``dng``: the DNG-Encoder as the encoder of a weight-space edit (:class:`~dng_tgn.nn.weight_edit.DNGWeightEditor`
   predicts a delta for every weight and bias); the edited SIREN ``W + Δ`` is rendered and compared with the target.
@@ -20,6 +20,7 @@ once, at the end.
 from __future__ import annotations
 
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Mapping
 
@@ -28,7 +29,8 @@ import torch
 from torch import nn
 
 from .. import distributed as dist
-from ..data.image_edits import EDITS, edit_images
+from ..choices import parse_choice
+from ..data.image_edits import ImageEdit, edit_images
 from ..data.rendered_inrs import INRSet, resolve_image_shape
 from ..data.siren_fit import NFN_KEYS, coord_grid, siren_forward
 from ..device import resolve_device
@@ -40,20 +42,32 @@ from ..tracking import log_figure, print_summary
 from ..training import EpochSampler, resolve_resume, seed_everything, train_loop
 from .common import checkpoint_dir, count_params, open_split, require_data_root, set_threads
 
-__all__ = ["METHODS", "EditingSplit", "load_editing_splits", "render_sirens", "EditingModel", "build_editing_model",
-           "editing_mse", "examples_figure", "run_inr_editing"]
+__all__ = ["EditingMethod", "EditingSplit", "load_editing_splits", "render_sirens", "EditingModel",
+           "build_editing_model", "editing_mse", "examples_figure", "run_inr_editing"]
 
-METHODS = ("dng", "nfn", "identity", "dng_image_decoder")
 BUILD_COMMAND = "python -m dng_tgn.data.build_inrs --dataset mnist --out <folder>"
 WEIGHT_KEYS, BIAS_KEYS = NFN_KEYS[0::2], NFN_KEYS[1::2]
+
+
+class EditingMethod(Enum):
+    """What produces the edited image (the config's ``method``; the module docstring describes each)."""
+
+    DNG = "dng"  # DNG-Encoder -> weight delta, rendered
+    NFN = "nfn"  # NFN's HNP layers -> weight delta, rendered
+    IDENTITY = "identity"  # the input SIREN, untrained
+    DNG_IMAGE_DECODER = "dng_image_decoder"  # DNG-Encoder -> Latent Generator -> image decoder
+
+    @classmethod
+    def parse(cls, value: "str | EditingMethod") -> "EditingMethod":
+        return parse_choice(cls, value, "method")
 
 
 class EditingSplit:
     """One split: the SIRENs (:class:`INRSet`: weights, labels, rendered images) and the edited targets."""
 
-    def __init__(self, inrs: INRSet, edit: str):
-        self.inrs, self.edit = inrs, edit
-        self.targets = edit_images(inrs.images, edit)
+    def __init__(self, inrs: INRSet, edit: ImageEdit | str):
+        self.inrs, self.edit = inrs, ImageEdit.parse(edit)
+        self.targets = edit_images(inrs.images, self.edit)
 
     @property
     def images(self) -> torch.Tensor:
@@ -70,12 +84,11 @@ class EditingSplit:
         return self.inrs.weights.chunks(batch_size)
 
 
-def load_editing_splits(data: Mapping, edit: str) -> tuple[dict[str, EditingSplit], tuple[int, int, int]]:
+def load_editing_splits(data: Mapping, edit: ImageEdit | str) -> tuple[dict[str, EditingSplit], tuple[int, int, int]]:
     """Train/val/test :class:`EditingSplit` s of ``data`` (root, prefix, image_shape, w0, limit, load_workers)."""
     from ..data import NFNSirenDataset
 
-    if edit not in EDITS:
-        raise ValueError(f"edit={edit!r}: choose one of {sorted(EDITS)}")
+    edit = ImageEdit.parse(edit)  # before any file is read
     root = require_data_root(data["root"], "INR folder", BUILD_COMMAND)
     shape = resolve_image_shape(root, data["image_shape"])
 
@@ -106,10 +119,11 @@ def render_sirens(params: Mapping[str, torch.Tensor], image_shape, w0: float) ->
 class EditingModel(nn.Module):
     """One method behind one interface: ``forward(split, idx) -> (B, C, H, W)`` edited images on the module's device."""
 
-    def __init__(self, method: str, net: nn.Module | None, image_shape, w0: float):
+    def __init__(self, method: EditingMethod | str, net: nn.Module | None, image_shape, w0: float):
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"method={method!r}: choose one of {METHODS}")
+        method = EditingMethod.parse(method)
+        if (net is None) != (method is EditingMethod.IDENTITY):
+            raise ValueError(f"method={method.value!r} {'needs a network' if net is None else 'takes no network'}")
         self.method, self.net, self.image_shape, self.w0 = method, net, tuple(image_shape), w0
         self.register_buffer("_anchor", torch.zeros(()))  # device of a parameter-free (identity) model
 
@@ -120,30 +134,31 @@ class EditingModel(nn.Module):
     def forward(self, split: EditingSplit, idx) -> torch.Tensor:
         dev = self.device
         params = {k: v.to(dev) for k, v in split.params(idx).items()}
-        if self.method == "identity":
+        if self.method is EditingMethod.IDENTITY:
             return render_sirens(params, self.image_shape, self.w0)
-        if self.method == "nfn":
+        if self.method is EditingMethod.NFN:
             delta = self.net(params)
-        elif self.method == "dng":
+        elif self.method is EditingMethod.DNG:
             batch, _ = split.inrs.weights.batch(idx)
             delta = self.net(batch.to(dev), params)
-        else:  # dng_image_decoder: the image itself, no SIREN
+        elif self.method is EditingMethod.DNG_IMAGE_DECODER:  # the image itself, no SIREN
             batch, _ = split.inrs.weights.batch(idx)
             return self.net(batch.to(dev)).reconstruction[:, 0]
+        else:
+            raise AssertionError(f"EditingModel does not handle {self.method}")  # a new member needs a branch here
         edited = {k: params[k] + delta[k] for k in NFN_KEYS}
         return render_sirens(edited, self.image_shape, self.w0)
 
 
-def build_editing_model(method: str, train: EditingSplit, image_shape, *, w0: float, encoder: Mapping,
-                        dng_editor: Mapping, nfn: Mapping, decoder: Mapping,
+def build_editing_model(method: EditingMethod | str, train: EditingSplit, image_shape, *, w0: float,
+                        encoder: Mapping, dng_editor: Mapping, nfn: Mapping, decoder: Mapping,
                         path: ExecutionPath | None) -> EditingModel:
     """The method's network (sizes from the configs); weight statistics from the training split."""
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: choose one of {METHODS}")
-    if method == "identity":
+    method = EditingMethod.parse(method)
+    if method is EditingMethod.IDENTITY:
         return EditingModel(method, None, image_shape, w0)
     train_params = train.inrs.weights.params
-    if method == "nfn":
+    if method is EditingMethod.NFN:
         from ..baselines.nfn import NFNLayout
         from ..baselines.nfn_edit import NFNWeightEditor
 
@@ -154,10 +169,12 @@ def build_editing_model(method: str, train: EditingSplit, image_shape, *, w0: fl
     probe = train.inrs.weights.batch([0])[0]
     dng_kw, ng_kw = sized_encoder_kwargs(encoder["dng"], encoder["ng_gnn"], probe)
     wenc = build_encoder(EncoderKind.DNG, num_outputs=image_shape[0], num_slots=1, dng=dng_kw, ng_gnn=ng_kw, path=path)
-    if method == "dng_image_decoder":
+    if method is EditingMethod.DNG_IMAGE_DECODER:
         net = INR2JLS(wenc, tuple(image_shape), spatial_dim=decoder["spatial_dim"], latent_dim=decoder["latent_dim"],
                       generator_hidden=decoder["generator_hidden"], decoder_channels=decoder["decoder_channels"])
         return EditingModel(method, net, image_shape, w0)
+    if method is not EditingMethod.DNG:
+        raise AssertionError(f"build_editing_model does not handle {method}")  # a new member needs a branch above
     counts = (int(train_params[WEIGHT_KEYS[0]].shape[2]),) + tuple(int(train_params[k].shape[1]) for k in WEIGHT_KEYS)
     net = DNGWeightEditor(wenc.encoder, WEIGHT_KEYS, BIAS_KEYS, counts, **dict(dng_editor))
     net.fit_stats(train_params)
@@ -211,17 +228,16 @@ def examples_figure(inputs: torch.Tensor, targets: torch.Tensor, outputs: Mappin
     return fig
 
 
-def run_inr_editing(*, run, seed: int, edit: str, method: str, data: Mapping, encoder: Mapping, dng_editor: Mapping,
-                    nfn: Mapping, decoder: Mapping, optim: Mapping, runtime: Mapping, num_figure_images: int = 8,
-                    examples_out: str | None = None) -> dict:
+def run_inr_editing(*, run, seed: int, edit: ImageEdit | str, method: EditingMethod | str, data: Mapping,
+                    encoder: Mapping, dng_editor: Mapping, nfn: Mapping, decoder: Mapping, optim: Mapping,
+                    runtime: Mapping, num_figure_images: int = 8, examples_out: str | None = None) -> dict:
     """Train ``method`` to produce the ``edit`` of each INR's image; returns test MSE (and the identity's).
 
     ``examples_out``: if set, an ``.npz`` with the first ``num_figure_images`` test inputs, targets and outputs
     (for the results figure).
     """
     t0 = time.perf_counter()
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: choose one of {METHODS}")
+    edit, method = ImageEdit.parse(edit), EditingMethod.parse(method)  # config strings; before any data is read
     path = ExecutionPath.parse(runtime["path"])
     dev = resolve_device(runtime["device"])
     set_threads(runtime["num_threads"])
@@ -230,7 +246,7 @@ def run_inr_editing(*, run, seed: int, edit: str, method: str, data: Mapping, en
     train, val, test = splits["train"], splits["val"], splits["test"]
     info = run.info if run is not None else {}
     info["sizes"] = {k: len(v) for k, v in splits.items()}
-    info.update(image_shape=list(shape), edit=edit, method=method)
+    info.update(image_shape=list(shape), edit=edit.value, method=method.value)
 
     seed_everything(seed)
     model = build_editing_model(method, train, shape, w0=data["w0"], encoder=encoder, dng_editor=dng_editor, nfn=nfn,
@@ -239,7 +255,7 @@ def run_inr_editing(*, run, seed: int, edit: str, method: str, data: Mapping, en
     info["params"] = params
     result = None
     t_train = time.perf_counter()
-    if method != "identity":
+    if method is not EditingMethod.IDENTITY:
         opt = torch.optim.Adam(model.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
 
         def step(idx):
@@ -255,15 +271,15 @@ def run_inr_editing(*, run, seed: int, edit: str, method: str, data: Mapping, en
             amp=runtime.get("amp"))
     train_s = time.perf_counter() - t_train
     test_mse = editing_mse(model, test, eval_bs)
-    identity = EditingModel("identity", None, shape, data["w0"])
+    identity = EditingModel(EditingMethod.IDENTITY, None, shape, data["w0"])
     identity_mse = editing_mse(identity, test, eval_bs)
 
     n_fig = min(num_figure_images, len(test))
     idx = torch.arange(n_fig)
     outputs = predict(model, test, idx)
     if run is not None and n_fig:
-        fig = examples_figure(test.images[idx], test.targets[idx], {method: outputs},
-                              f"INR editing: {edit}, {method} (test INRs)")
+        fig = examples_figure(test.images[idx], test.targets[idx], {method.value: outputs},
+                              f"INR editing: {edit.value}, {method.value} (test INRs)")
         log_figure(run, fig, "inr_editing_examples.png", close=True)
     if examples_out and dist.is_main():  # under torchrun one writer (the ranks' outputs are equal)
         out_path = Path(examples_out)
@@ -276,7 +292,7 @@ def run_inr_editing(*, run, seed: int, edit: str, method: str, data: Mapping, en
 
     summary = {
         "test": {"mse": test_mse, "identity_mse": identity_mse},
-        "edit": edit, "method": method, "params": params,
+        "edit": edit.value, "method": method.value, "params": params,
         "train": None if result is None else {"steps": result.steps, "best_step": result.best_step,
                                               "best_val_mse": result.best_metric, "stopped_early": result.stopped_early,
                                               "resumed_from_step": result.resumed_from},
@@ -285,6 +301,7 @@ def run_inr_editing(*, run, seed: int, edit: str, method: str, data: Mapping, en
         "train_s": train_s, "seconds": time.perf_counter() - t0,
     }
     info["results"] = summary
-    print_summary(run, f"INR editing [{edit}, {method}] test MSE {test_mse:.5f} (identity {identity_mse:.5f}, mean "
-                  f"target {summary['mean_target_mse']:.5f}); {params} params; {summary['seconds']:.0f}s")
+    print_summary(run, f"INR editing [{edit.value}, {method.value}] test MSE {test_mse:.5f} (identity "
+                  f"{identity_mse:.5f}, mean target {summary['mean_target_mse']:.5f}); {params} params; "
+                  f"{summary['seconds']:.0f}s")
     return summary

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Callable
 
 import torch
@@ -549,7 +550,7 @@ def _cat_conv(cv, node, xs, opts):
     acts = xs[0]
     if not isinstance(acts, (tuple, list)) or not acts:
         raise UnsupportedLayerError(cv._label(node), node.name, "it needs a list of activations")
-    if any(isinstance(a, _Param) or (isinstance(a, _Activation) and a.seq) for a in acts):
+    if any(isinstance(a, _Param) or (isinstance(a, _Activation) and a.seq is not None) for a in acts):
         return cv._prepend_tokens(node, list(acts), opts["dim"])  # a class token in front of the patch tokens
     chans = []
     for a in acts:
@@ -646,7 +647,7 @@ def _unflatten_conv(cv, node, xs, opts):
 
 def _transpose_conv(cv, node, xs, opts):
     x = cv._activation(xs[0], node)
-    if x.seq:
+    if x.seq is not None:
         return cv._transpose_tokens(node, x, sorted(d % 3 for d in (opts["dim0"], opts["dim1"])))
     if x.unflat is None or sorted((opts["dim0"], opts["dim1"])) != [1, 2]:
         raise UnsupportedLayerError(cv._label(node), node.name, "transpose converts only as transpose(1, 2) after x.unflatten(1, (g, c)) "
@@ -1049,6 +1050,15 @@ class _Tracer(fx.Tracer):
         return type(m) in MODULES or self.matched.get(id(m)) is not None or super().is_leaf_module(m, qualname)
 
 
+class _Seq(Enum):
+    """How the model holds an activation that is a token sequence (ViT). The stream always holds tokens batch-first,
+    and the channels are the nodes in every layout; the value is the model's layout, as error messages name it."""
+
+    CHANNELS_FIRST = "(B, C, L)"  # maps after x.flatten(2): only a transpose to tokens may follow
+    BATCH_FIRST = "(B, L, C)"
+    SEQUENCE_FIRST = "(L, B, C)"  # nn.MultiheadAttention(batch_first=False) reads these
+
+
 @dataclass(frozen=True)
 class _Activation:
     """An activation in flight: which node group holds it and what still has to be applied.
@@ -1071,10 +1081,10 @@ class _Activation:
     unflat: tuple | None = None  # after x.unflatten(1, (g, c)): (g, c, transposed)
     channels_last: bool = False  # the model holds (B, H, W, C) (x.permute(0, 2, 3, 1)); channels are still the nodes
     normed: bool = False  # a LayerNorm sits in the group's norm_in slots: only a Linear (a Conv after LayerNorm2d) reads it next
-    # A token sequence (ViT). "cf": the model holds (B, C, L) (maps after x.flatten(2)); "bf": (B, L, C) batch-first
-    # tokens; "sf": (L, B, C) sequence-first ones. The stream always holds tokens batch-first; the channels are the nodes.
-    seq: str | None = None
-    tokens_joined: str = ""  # what joined the group's step (the patch embedding): "c" class token(s), "p" positions
+    seq: _Seq | None = None  # a token sequence, in this layout in the model (None: not tokens)
+    # what joined the group's step (the patch embedding) as edges from constant nodes; a residual sum may not join it
+    class_tokens: bool = False  # class token(s) prepended (torch.cat([cls, x], 1))
+    positions: bool = False  # a positional embedding added (x + pos)
 
 
 @dataclass(frozen=True)
@@ -1149,9 +1159,9 @@ class _Converter:
             transforms += (T.Reshape((-1, *output.pooled_keepdim)),)  # the network returns (B, C, 1, 1) or (B, C, 1)
         if output.spatial and output.dims == 1:
             transforms += (T.Reshape((self.b.node_groups[output.group].size, -1)),)  # (B, C, L, 1) -> (B, C, L)
-        if output.seq == "cf":
+        if output.seq is _Seq.CHANNELS_FIRST:
             transforms += (T.Reshape((self.b.node_groups[output.group].size, -1)),)  # (B, C, H, W) -> (B, C, H·W)
-        elif output.seq == "sf":
+        elif output.seq is _Seq.SEQUENCE_FIRST:
             transforms += (T.Permute((1, 0, 2)),)  # the stream holds tokens batch-first
         return self.b.build(output=output.group, output_transform=transforms, input_shape=self.input_shape)
 
@@ -1314,7 +1324,7 @@ class _Converter:
         xs = [value(a) for a in bound.operands]
         if not bound.spec.tokens:
             for a in _flat(xs):
-                if isinstance(a, _Activation) and a.seq:
+                if isinstance(a, _Activation) and a.seq is not None:
                     raise UnsupportedLayerError(bound.label, self._position(node), "it does not convert on token sequences "
                                                 "(B, L, C); on tokens convert: Linear, LayerNorm, nn.MultiheadAttention, pointwise "
                                                 "activations, dropout, residual sums, x[:, k] (README: 'What converts')")
@@ -1539,7 +1549,7 @@ class _Converter:
         over axis 1 of (B, C, H, W) maps (torchvision's LayerNorm2d), else over the last axis.
         """
         label, pos = self._label(node), self._position(node)
-        if x.group in (None, COMPOSITE) or x.parts or x.normed or x.flatten_hw is not None or x.unflat is not None or x.seq == "cf":
+        if x.group in (None, COMPOSITE) or x.parts or x.normed or x.flatten_hw is not None or x.unflat is not None or x.seq is _Seq.CHANNELS_FIRST:
             raise UnsupportedLayerError(label, pos, "a LayerNorm converts on a layer's channels only")
         if channels_first and not ((x.spatial and x.dims == 2 and not x.channels_last) or x.pooled_keepdim == (1, 1)):
             raise UnsupportedLayerError(label, pos, "a channels-first LayerNorm converts on a layer's (B, C, H, W) maps only")
@@ -1586,7 +1596,7 @@ class _Converter:
 
     def _permute(self, node, x: _Activation, dims) -> _Activation:
         label, pos = self._label(node), self._position(node)
-        if x.seq and len(dims) == 3:
+        if x.seq is not None and len(dims) == 3:
             d = tuple(int(a) % 3 for a in dims)
             if d == (0, 2, 1):
                 return self._transpose_tokens(node, x, [1, 2])
@@ -1609,25 +1619,26 @@ class _Converter:
     def _maps_to_sequence(self, node, x: _Activation) -> _Activation:
         """``x.flatten(2)`` / ``x.reshape(n, C, H·W)`` on a layer's (B, C, H, W) maps: the model holds (B, C, L) and only a
         transpose to (B, L, C) tokens may follow (the nodes stay the channels)."""
-        if x.group in (None, COMPOSITE) or x.parts or not x.spatial or x.dims != 2 or x.unflat is not None or x.normed or x.seq:
+        if x.group in (None, COMPOSITE) or x.parts or not x.spatial or x.dims != 2 or x.unflat is not None or x.normed or x.seq is not None:
             raise UnsupportedLayerError(self._label(node), self._position(node),
                                         "it converts on a layer's (B, C, H, W) maps only, as (B, C, H·W) for a patch embedding")
         single = isinstance(node.args[0], fx.Node) and len(_readers(node.args[0])) == 1
-        return replace(x, spatial=False, dims=None, seq="cf", fresh=x.fresh and single)
+        return replace(x, spatial=False, dims=None, seq=_Seq.CHANNELS_FIRST, fresh=x.fresh and single)
 
     def _transpose_tokens(self, node, x: _Activation, dims) -> _Activation:
         single = isinstance(node.args[0], fx.Node) and len(_readers(node.args[0])) == 1
-        if x.seq == "cf" and list(dims) == [1, 2]:
-            return replace(x, seq="bf", transforms=x.transforms + (T.MapsToTokens(),), fresh=x.fresh and single)
-        if x.seq in ("bf", "sf") and list(dims) == [0, 1]:
-            return replace(x, seq="sf" if x.seq == "bf" else "bf", fresh=x.fresh and single)
+        if x.seq is _Seq.CHANNELS_FIRST and list(dims) == [1, 2]:
+            return replace(x, seq=_Seq.BATCH_FIRST, transforms=x.transforms + (T.MapsToTokens(),), fresh=x.fresh and single)
+        if x.seq in (_Seq.BATCH_FIRST, _Seq.SEQUENCE_FIRST) and list(dims) == [0, 1]:
+            swapped = _Seq.SEQUENCE_FIRST if x.seq is _Seq.BATCH_FIRST else _Seq.BATCH_FIRST
+            return replace(x, seq=swapped, fresh=x.fresh and single)
         raise UnsupportedOptionError(self._label(node), self._position(node), "dims", tuple(dims),
                                      "(1, 2) from (B, C, L) to (B, L, C) tokens, or (0, 1) between batch-first and sequence-first tokens")
 
     def _joinable(self, node, x, what: str) -> None:
         """A class token or positional embedding joins the step of the layer that made the patch tokens: it must be that
         layer's fresh output (reshaped to tokens at most), which nothing has read yet."""
-        ok = (isinstance(x, _Activation) and x.seq == "bf" and x.group not in (None, COMPOSITE) and not x.parts and x.fresh
+        ok = (isinstance(x, _Activation) and x.seq is _Seq.BATCH_FIRST and x.group not in (None, COMPOSITE) and not x.parts and x.fresh
               and not x.normed and x.transforms in ((), (T.MapsToTokens(),))
               and not any(e.src == x.group for e in self.b.edge_groups))
         if not ok:
@@ -1669,17 +1680,18 @@ class _Converter:
         self._joinable(node, x, "a class token")
         for p in reversed(params):  # the meet puts later-added tokens in front
             self._token_edges(node, p, x, PrependTokens())
-        return replace(x, transforms=(), tokens_joined=x.tokens_joined + "c")
+        return replace(x, transforms=(), class_tokens=True)
 
     def _add_positions(self, node, x, p: _Param) -> _Activation:
         """``tokens + pos``: a learned positional embedding (1, L, C) joins the patch embedding's step."""
         self._joinable(node, x, "a positional embedding")
-        self._token_edges(node, p, x, AddPositions(before_prefix="c" not in x.tokens_joined))
-        return replace(x, transforms=(), tokens_joined=x.tokens_joined + "p")
+        self._token_edges(node, p, x, AddPositions(before_prefix=not x.class_tokens))
+        return replace(x, transforms=(), positions=True)
 
     def _select_token(self, node, x: _Activation, index) -> _Activation:
         """``x[:, k]`` on batch-first tokens (``x[k]`` sequence-first): token k of every channel node, e.g. the class token."""
-        k = _token_index(index) if x.seq == "bf" else index if x.seq == "sf" and isinstance(index, int) else None
+        k = (_token_index(index) if x.seq is _Seq.BATCH_FIRST
+             else index if x.seq is _Seq.SEQUENCE_FIRST and isinstance(index, int) else None)
         if k is None or x.group in (None, COMPOSITE) or x.parts:
             raise UnsupportedOptionError(self._label(node), self._position(node), "index", index,
                                          "(:, k) on batch-first tokens, k on sequence-first ones: one token of a layer's output")
@@ -1699,10 +1711,11 @@ class _Converter:
                                             "not convert (need_weights); only the attention output (output 0) does")
         x = self._activation(xs[0], node)
         m = self.module(node)
-        want = "bf" if m.batch_first else "sf"
-        if x.seq != want:
-            have = {"bf": "batch-first (B, L, E) tokens", "sf": "sequence-first (L, B, E) tokens",
-                    "cf": "a (B, E, L) sequence"}.get(x.seq, "no token sequence (unbatched input attends across the batch)")
+        want = _Seq.BATCH_FIRST if m.batch_first else _Seq.SEQUENCE_FIRST
+        if x.seq is not want:
+            have = {_Seq.BATCH_FIRST: "batch-first (B, L, E) tokens", _Seq.SEQUENCE_FIRST: "sequence-first (L, B, E) tokens",
+                    _Seq.CHANNELS_FIRST: "a (B, E, L) sequence"}.get(x.seq, "no token sequence (unbatched input attends "
+                                                                     "across the batch)")
             raise UnsupportedLayerError(label, pos, f"batch_first={m.batch_first} reads {'(B, L, E)' if m.batch_first else '(L, B, E)'} "
                                         f"tokens but gets {have}; attention would run across the wrong axis")
         if x.group in (None, COMPOSITE) or x.parts:
@@ -1714,7 +1727,7 @@ class _Converter:
             proj_name=f"{name}.in_proj_weight", reads_x=x.transforms, b_qkv=None if bias is None else bias.detach().float(),
             bias_param=f"{name}.in_proj_bias", one=None if bias is None else self._constant_group("bias_unit", 1))
         step = len(self.b.steps)
-        joined = self._select(None, [(_Activation(group=g, step=step, seq="bf"), i) for g in z_groups for i in range(dh)])
+        joined = self._select(None, [(_Activation(group=g, step=step, seq=_Seq.BATCH_FIRST), i) for g in z_groups for i in range(dh)])
         w = m.out_proj.weight
         out = self._weighted(f"{name}.out_proj", joined, w.detach().unsqueeze(-1), 1, Dense(), m.out_proj.bias, tuple(w.shape),
                              spatial=False)
@@ -1763,11 +1776,11 @@ class _Converter:
             op = FlattenDense(h, wd)
             wref = ParamRef(f"{name}.weight", (out_f, in_f), flat_index((out_f, c, h * wd)))
             return self._layer(name, src, x, out_f, bias, w3, op, wref, spatial=False)
-        if x.seq == "cf":
+        if x.seq is _Seq.CHANNELS_FIRST:
             raise UnsupportedLayerError("Linear", name, "it reads (B, C, L) sequences on their last axis (the tokens); "
                                         "transpose them to (B, L, C) tokens first (x.transpose(1, 2))")
         shape = self.shapes.get(node.args[0].name)
-        if shape is not None and len(shape) != 2 and not x.channels_last and not x.seq:
+        if shape is not None and len(shape) != 2 and not x.channels_last and x.seq is None:
             raise UnsupportedLayerError("Linear", name, f"its input has shape {tuple(shape)}; only (B, features) inputs, "
                                         "channels-last maps (x.permute(0, 2, 3, 1)) and token sequences convert")
         out = self._weighted(name, replace(x, normed=False), w.unsqueeze(-1), 1, Dense(), bias, (out_f, in_f), spatial=False)
@@ -1846,7 +1859,8 @@ class _Converter:
             dst, src, dst_node, scale = b, a, b_node, 1.0
         if not dst.fresh or dst.group is None:
             raise UnsupportedLayerError(label, pos, "a residual sum must join a Linear/Conv output before its activation")
-        if a.seq != b.seq or dst.seq == "cf" or dst.tokens_joined or (dst.seq and dst.transforms):
+        if (a.seq is not b.seq or dst.seq is _Seq.CHANNELS_FIRST or dst.class_tokens or dst.positions
+                or (dst.seq is not None and dst.transforms)):
             raise UnsupportedLayerError(label, pos, "a residual sum of token sequences needs two (B, L, C) tokens of layers "
                                         "after the patch embedding, in the same layout")
         if len(_readers(dst_node)) != 1:
