@@ -209,7 +209,9 @@ def test_baselines_on_the_dgl_path_really_run_dgl_kernels(monkeypatch):
     batch = dng_tgn.batch_streams(streams)
     inputs = torch.randn(batch.num_graphs, 2)
     NGGNN(hidden_dim=8, num_layers=2, fourier_size=4, path=ExecutionPath.DGL)(batch)
-    assert sorted(set(calls)) == ["copy_e_max", "copy_e_mean", "copy_e_min"] and calls.count("copy_e_max") == 2
+    # PNA: Σm and Σm² (means divided at the nodes), max and min, once per layer
+    assert sorted(set(calls)) == ["copy_e_max", "copy_e_min", "copy_e_sum"] and calls.count("copy_e_max") == 2
+    assert calls.count("copy_e_sum") == 4
     calls.clear()
     StaticMPNN(hidden_dim=8, num_layers=3, fourier_size=4, path=ExecutionPath.DGL)(batch, inputs)
     DynamicMPNN(hidden_dim=8, num_layers=3, fourier_size=4, path=ExecutionPath.DGL)(batch, inputs)

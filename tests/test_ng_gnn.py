@@ -183,3 +183,155 @@ def test_input_nodes_carry_the_sampled_input():
     is_input = batch.node_kind == NodeKind.INPUT
     assert torch.equal(v[is_input], torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
     assert (v[~is_input] == 0).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The fast formulas (issue #11's NG-GNN speed-up) against the concatenating / scatter_reduce formulas they replace
+# ----------------------------------------------------------------------------------------------------------
+def _reference_pna(m, dst, n, eps=1e-5):
+    """PNA [mean, max, min, std] as first written: means by index_add, max/min by scatter_reduce."""
+    deg = torch.zeros(n).index_add(0, dst, torch.ones(dst.numel()))
+    has, denom = (deg > 0).unsqueeze(1), deg.clamp(min=1).unsqueeze(1)
+    mean = m.new_zeros(n, m.shape[1]).index_add(0, dst, m) / denom
+    sq = m.new_zeros(n, m.shape[1]).index_add(0, dst, m * m) / denom
+    idx = dst.unsqueeze(1).expand_as(m)
+    mx = m.new_zeros(n, m.shape[1]).scatter_reduce(0, idx, m, reduce="amax", include_self=False)
+    mn = m.new_zeros(n, m.shape[1]).scatter_reduce(0, idx, m, reduce="amin", include_self=False)
+    zero = m.new_zeros(())
+    mx, mn = torch.where(has, mx, zero), torch.where(has, mn, zero)
+    std = torch.sqrt(torch.relu(sq - mean * mean) + eps) * has
+    return torch.cat([mean, mx, mn, std], dim=1), deg
+
+
+def _reference_layer_forward(self, h, e, src, dst, path, avg_log_degree, swap=False):
+    """PNAEdgeLayer.forward with the per-edge concatenations (h[dst], h[src], e) of the original code.
+
+    ``swap=True`` feeds h[src] where h[dst] belongs: the negative control, a different function."""
+    n = h.shape[0]
+    i, j = (src, dst) if swap else (dst, src)
+    m = self.message(torch.cat([h[i], h[j], e], dim=1))
+    agg, deg = _reference_pna(m, dst, n)
+    logd = torch.log(deg + 1).unsqueeze(1)
+    delta = avg_log_degree.clamp(min=1e-3)
+    amp = logd / delta
+    att = torch.where(logd > 0, delta / logd.clamp(min=1e-6), torch.zeros_like(logd))
+    scaled = torch.cat([agg, agg * amp, agg * att], dim=1)
+    h = self.node_norm(h + self.dropout(self.update(torch.cat([h, scaled], dim=1))))
+    if self.edge_update is not None:
+        e = self.edge_norm(e + self.dropout(self.edge_update(torch.cat([e, h[i], h[j]], dim=1))))
+    return h, e
+
+
+def _grads_of(model, out):
+    model.zero_grad()
+    w = torch.linspace(-1, 1, out.edge.numel()).reshape(out.edge.shape)
+    (out.graph.square().sum() + (out.edge * w).sum() + out.node.sin().sum()).backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def test_edge_mlp_equals_the_concatenating_formula():
+    from dng_tgn.baselines.ng_gnn import _mlp, edge_mlp
+
+    torch.manual_seed(0)
+    n, e, d = 30, 200, 8
+    src, dst = torch.randint(0, n, (e,)), torch.randint(0, n, (e,))
+    mlp = _mlp(3 * d, d, d)
+    for order in ("message", "edge_update"):
+        h = torch.randn(n, d, requires_grad=True)
+        x = torch.randn(e, d, requires_grad=True)
+        if order == "message":
+            fast, slow = [(h, dst), (h, src), (x, None)], lambda: mlp(torch.cat([h[dst], h[src], x], 1))
+        else:
+            fast, slow = [(x, None), (h, dst), (h, src)], lambda: mlp(torch.cat([x, h[dst], h[src]], 1))
+        results = []
+        for f in (lambda: edge_mlp(mlp, fast), slow):
+            mlp.zero_grad()
+            h.grad = x.grad = None
+            y = f()
+            (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+            results.append((y.detach(), h.grad, x.grad, [p.grad.clone() for p in mlp.parameters()]))
+        (ya, gha, gxa, gpa), (yb, ghb, gxb, gpb) = results
+        torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(gha, ghb, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(gxa, gxb, atol=1e-5, rtol=1e-5)
+        for a, b in zip(gpa, gpb):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # negative control: the block order matters (source and destination swapped is another function)
+    with torch.no_grad():
+        swapped = edge_mlp(mlp, [(x, None), (h, src), (h, dst)])
+        assert (swapped - mlp(torch.cat([x, h[dst], h[src]], 1))).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="do not match"):
+        edge_mlp(mlp, [(h, dst), (x, None)])
+
+
+@pytest.mark.parametrize("path", [ExecutionPath.TORCH, pytest.param(ExecutionPath.DGL, marks=needs_dgl)])
+def test_ng_gnn_layers_equal_the_concatenating_formula(path, monkeypatch):
+    """The whole model (bidirectional, edge updates, a fitted δ): outputs and every parameter's gradient equal
+    those of the original per-edge concatenation and scatter_reduce aggregation."""
+    from dng_tgn.baselines.ng_gnn import PNAEdgeLayer
+
+    batch = mlp_batch(n=3, widths=(2, 8, 8, 1))
+    torch.manual_seed(0)
+    model = NGGNN(hidden_dim=16, num_layers=3, out_dim=8, fourier_size=8, bidirectional=True, path=path)
+    model.fit_degree_scaler([batch])
+    fast = model(batch)
+    fast_grads = _grads_of(model, fast)
+    with monkeypatch.context() as mp:
+        mp.setattr(PNAEdgeLayer, "forward", _reference_layer_forward)
+        slow = model(batch)
+        slow_grads = _grads_of(model, slow)
+    for field in ("graph", "node", "edge"):
+        torch.testing.assert_close(getattr(fast, field), getattr(slow, field), atol=1e-5, rtol=1e-5)
+    assert set(fast_grads) == set(slow_grads)
+    for k in fast_grads:
+        torch.testing.assert_close(fast_grads[k], slow_grads[k], atol=1e-4, rtol=1e-4, msg=lambda m: f"{k}: {m}")
+    assert fast_grads["layers.0.message.0.weight"].abs().sum() > 0  # gradients reach the first layer
+    # negative control: the reference with sources and destinations swapped is a different model
+    with monkeypatch.context() as mp:
+        mp.setattr(PNAEdgeLayer, "forward", lambda *a: _reference_layer_forward(*a, swap=True))
+        with torch.no_grad():
+            assert (model(batch).graph - fast.graph.detach()).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("path", [ExecutionPath.TORCH, pytest.param(ExecutionPath.DGL, marks=needs_dgl)])
+def test_segment_pna_equals_the_scatter_reduce_formula(path):
+    torch.manual_seed(0)
+    e, n = 400, 30
+    src, dst = torch.randint(0, n, (e,)), torch.randint(0, n - 4, (e,))  # 4 nodes receive nothing
+    weight = torch.randn(n, 4 * 5)
+    out = []
+    for f in (lambda m: segment_pna(m, src, dst, n, n, path), lambda m: _reference_pna(m, dst, n)):
+        m = torch.randn(e, 5, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        pna, deg = f(m)
+        (pna * weight).sum().backward()
+        out.append((pna.detach(), deg, m.grad))
+    (pa, da, ga), (pb, db, gb) = out
+    torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-5)
+    assert torch.equal(da, db)
+    torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-5)
+    # negative control: other messages give another aggregation
+    moved = segment_pna(torch.randn(e, 5), src, dst, n, n, path)[0]
+    assert (moved - pa).abs().max() > 1e-2
+
+
+def test_segment_pna_splits_tied_gradients_like_scatter_reduce():
+    """Tied maxima/minima (integer messages) share the gradient equally, exactly as scatter_reduce's backward."""
+    torch.manual_seed(0)
+    e, n = 300, 12
+    src, dst = torch.randint(0, n, (e,)), torch.randint(0, n, (e,))
+    base = torch.randint(-2, 3, (e, 4)).float()
+    weight = torch.randn(n, 16)
+    grads = []
+    for f in (lambda m: segment_pna(m, src, dst, n, n, ExecutionPath.TORCH)[0], lambda m: _reference_pna(m, dst, n)[0]):
+        m = base.clone().requires_grad_()
+        (f(m)[:, 4:12] * weight[:, 4:12]).sum().backward()  # the max and min blocks only
+        grads.append(m.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-6)
+    # the data really has ties, and giving every tied edge the whole gradient (no split) would differ
+    idx = dst.unsqueeze(1).expand_as(base)
+    zeros = base.new_zeros(n, 4)
+    hit_max = base == zeros.scatter_reduce(0, idx, base, reduce="amax", include_self=False)[dst]
+    hit_min = base == zeros.scatter_reduce(0, idx, base, reduce="amin", include_self=False)[dst]
+    assert (zeros.index_add(0, dst, hit_max.float()) > 1).any()
+    unsplit = hit_max * weight[dst, 4:8] + hit_min * weight[dst, 8:12]
+    assert (unsplit - grads[0]).abs().max() > 1e-2

@@ -25,7 +25,9 @@ The aggregation runs on the package's one execution switch, ``path=`` (:class:`~
 resolved by :func:`~dng_tgn.nn.resolve_path` exactly as for the DNG-Encoder), through the edge-list
 reductions of :mod:`dng_tgn.nn.segment`: DGL's fused kernels where they run on the device, else
 ``index_add``/``scatter_reduce``. The two agree to float tolerance, so the baseline and the DNG-Encoder can be
-timed on the same path; the tests compare them.
+timed on the same path; the tests compare them. The first Linear of φ_m and φ_e is applied block by block
+(:func:`edge_mlp`: node blocks once per node, then gathered), never to a per-edge concatenation: the same
+function at a fraction of the per-edge work (benchmarks/ng_gnn_inr_speed.md).
 """
 from __future__ import annotations
 
@@ -111,6 +113,41 @@ def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_out))
 
 
+def edge_mlp(mlp: nn.Sequential, parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+    """``mlp(cat([x if index is None else x[index] for x, index in parts], 1))`` for a :func:`_mlp`, without the
+    per-edge concatenation.
+
+    The first Linear of φ_m / φ_e is linear in each concatenated block, so ``W [h_i, h_j, e_ij] + b =
+    (h W_i^T)[i] + (h W_j^T)[j] + e_ij W_e^T + b``: node blocks (``index`` given) are projected once per *node*
+    and the d-wide results gathered onto the edges, instead of gathering d-wide node states and multiplying a
+    3d-wide edge matrix. On a union graph with E ≫ N this removes two thirds of the first layer's per-edge
+    multiply-adds, the (E, 3d) concatenation and its backward. Same parameters, same function up to float
+    summation order (tests/test_ng_gnn.py compares it with the concatenating formula).
+    """
+    first = mlp[0]
+    if not isinstance(first, nn.Linear):
+        raise TypeError(f"edge_mlp needs an MLP that starts with nn.Linear, got {type(first).__name__}")
+    widths = [x.shape[1] for x, _ in parts]
+    if sum(widths) != first.in_features:
+        raise ValueError(f"edge_mlp: blocks of widths {widths} (sum {sum(widths)}) do not match the first Linear's "
+                         f"{first.in_features} inputs")
+    starts = [sum(widths[:k]) for k in range(len(parts))]
+    # edge blocks first, so the bias rides on their matrix product and the gathered node terms add in place
+    order = sorted(range(len(parts)), key=lambda k: parts[k][1] is not None)
+    out = None
+    for k in order:
+        x, index = parts[k]
+        w = first.weight[:, starts[k]:starts[k] + widths[k]]
+        y = nn.functional.linear(x, w, first.bias if out is None else None)
+        if index is not None:
+            # index_select, not y[index]: its backward is an index_add, cheaper on CPU than indexing's index_put
+            y = y.index_select(0, index)
+        out = y if out is None else out.add_(y)  # out is a fresh tensor no backward needs: safe to add into
+    for layer in list(mlp)[1:]:
+        out = layer(out)
+    return out
+
+
 class PNAEdgeLayer(nn.Module):
     """One NG-GNN layer: PNA node update (Eq. 2 with PNA aggregation) followed by an edge update.
 
@@ -134,7 +171,7 @@ class PNAEdgeLayer(nn.Module):
                 avg_log_degree: torch.Tensor):
         """``path`` is already resolved: the model resolves it once per forward, not once per layer."""
         n = h.shape[0]
-        m = self.message(torch.cat([h[dst], h[src], e], dim=1))
+        m = edge_mlp(self.message, [(h, dst), (h, src), (e, None)])  # φ_m(h_i, h_j, e_ij), Eq. 2
         agg, deg = segment_pna(m, src, dst, n, n, path)
         # PNA degree scalers: identity, amplification log(d+1)/δ, attenuation δ/log(d+1)
         logd = torch.log(deg + 1).unsqueeze(1)
@@ -144,7 +181,7 @@ class PNAEdgeLayer(nn.Module):
         scaled = torch.cat([agg, agg * amp, agg * att], dim=1)
         h = self.node_norm(h + self.dropout(self.update(torch.cat([h, scaled], dim=1))))
         if self.edge_update is not None:
-            e = self.edge_norm(e + self.dropout(self.edge_update(torch.cat([e, h[dst], h[src]], dim=1))))
+            e = self.edge_norm(e + self.dropout(edge_mlp(self.edge_update, [(e, None), (h, dst), (h, src)])))
         return h, e
 
 

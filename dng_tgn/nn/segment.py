@@ -44,6 +44,54 @@ def segment_sum(messages: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, nu
     raise TypeError(f"segment_sum needs a resolved ExecutionPath, got {path!r}")
 
 
+class _Square(torch.autograd.Function):
+    """``x * x`` whose backward is one product, ``2x · grad``: ``torch.square``'s backward also materialises
+    ``x.pow(1)`` and ``x * x``'s computes two products and adds them, a measurable cost on (E, d) messages."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.mul(x, grad).mul_(2.0)
+
+
+class _ScatterExtreme(torch.autograd.Function):
+    """Per-destination max and min of (E, d) messages (zeros where nothing arrives), with a lean backward.
+
+    Same values and gradients as ``scatter_reduce("amax"/"amin", include_self=False)`` (a tie shares the
+    gradient equally among the tied edges), but the backward gathers whole rows (``index_select`` /
+    ``index_add``) instead of ``scatter_reduce``'s element-wise 2-D ``gather``/``scatter_add`` of an expanded
+    index: on NG-GNN's INR bench batch (71,680 edges, d = 64) max *and* min here cost what ``scatter_reduce``'s
+    max alone did (fwd+bwd, about 64 CPU ms each, measured on the 2-core machine).
+    """
+
+    @staticmethod
+    def forward(ctx, messages: torch.Tensor, dst: torch.Tensor, num_dst: int):
+        idx = dst.unsqueeze(1).expand_as(messages)
+        zeros = messages.new_zeros(num_dst, messages.shape[1])
+        mx = zeros.scatter_reduce(0, idx, messages, reduce="amax", include_self=False)
+        mn = zeros.scatter_reduce(0, idx, messages, reduce="amin", include_self=False)
+        ctx.save_for_backward(messages, dst, mx, mn)
+        return mx, mn
+
+    @staticmethod
+    def backward(ctx, grad_mx: torch.Tensor, grad_mn: torch.Tensor):
+        messages, dst, mx, mn = ctx.saved_tensors
+        grad = None
+        for extreme, g in ((mx, grad_mx), (mn, grad_mn)):
+            if g is None:
+                continue
+            hit = (messages == extreme.index_select(0, dst)).to(messages.dtype)  # the edges that gave the extreme
+            ties = extreme.new_zeros(extreme.shape).index_add_(0, dst, hit)
+            part = hit.mul_((g / ties.clamp(min=1)).index_select(0, dst))
+            grad = part if grad is None else grad.add_(part)
+        return grad, None, None
+
+
 def segment_pna(messages: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, num_src: int, num_dst: int,
                 path: ExecutionPath, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """PNA's four aggregators (Corso et al., 2020, as NG-GNN uses them): ``(num_dst, 4d)`` = [mean, max, min,
@@ -51,26 +99,30 @@ def segment_pna(messages: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, nu
 
     A node without incoming edges gets zeros on both paths: DGL's max/min would give ∓inf there, which
     would poison the next layer, and the torch branch has no value to reduce at all.
+
+    The means are sums divided by the degree at the nodes (not DGL's ``copy_e_mean``), so their backward is
+    a plain gather with no per-edge division, and the squares' backward is a single product (:class:`_Square`):
+    per-edge passes are what this costs on NG-GNN's union graphs (benchmarks/ng_gnn_inr_speed.md).
     """
     deg = torch.zeros(num_dst, device=messages.device, dtype=messages.dtype).index_add(
         0, dst, torch.ones_like(dst, dtype=messages.dtype))
     has = (deg > 0).unsqueeze(1)
+    denom = deg.clamp(min=1).unsqueeze(1)
+    sq_messages = _Square.apply(messages)
     if path is ExecutionPath.DGL:
         dgl, g = _block(src, dst, num_src, num_dst)
-        mean = dgl.ops.copy_e_mean(g, messages)
-        sq = dgl.ops.copy_e_mean(g, messages * messages)
+        total = dgl.ops.copy_e_sum(g, messages)
+        total_sq = dgl.ops.copy_e_sum(g, sq_messages)
         mx = dgl.ops.copy_e_max(g, messages)
         mn = dgl.ops.copy_e_min(g, messages)
     elif path is ExecutionPath.TORCH:
         d = messages.shape[1]
-        denom = deg.clamp(min=1).unsqueeze(1)
-        mean = messages.new_zeros(num_dst, d).index_add(0, dst, messages) / denom
-        sq = messages.new_zeros(num_dst, d).index_add(0, dst, messages * messages) / denom
-        idx = dst.unsqueeze(1).expand_as(messages)
-        mx = messages.new_zeros(num_dst, d).scatter_reduce(0, idx, messages, reduce="amax", include_self=False)
-        mn = messages.new_zeros(num_dst, d).scatter_reduce(0, idx, messages, reduce="amin", include_self=False)
+        total = messages.new_zeros(num_dst, d).index_add(0, dst, messages)
+        total_sq = messages.new_zeros(num_dst, d).index_add(0, dst, sq_messages)
+        mx, mn = _ScatterExtreme.apply(messages, dst, num_dst)
     else:
         raise TypeError(f"segment_pna needs a resolved ExecutionPath, got {path!r}")
+    mean, sq = total / denom, total_sq / denom
     zero = messages.new_zeros(())
     mx = torch.where(has, mx, zero)
     mn = torch.where(has, mn, zero)
