@@ -8,9 +8,11 @@
 Each seed is one run of ``experiments.static_vs_dynamic`` (the main job's config with ``seed=k``): the static
 MPNN forward-only and bidirectional, the dynamic MPNN, early stopping on validation, per layer the static
 direction with the lower *static* validation MSE, test MSE at the best-validation weights. A seed's result is
-written to ``results/rows/static_vs_dynamic/<scale>/seed<k>.json`` the moment it finishes, so a rerun skips
-finished seeds; an interrupted seed continues from its checkpoints in ``runs/static_vs_dynamic_seeds/<scale>/
-seed<k>/`` (bit-identical to an uninterrupted run). After every seed ``results/static_vs_dynamic.{json,md,png}``
+written to ``results/rows/static_vs_dynamic/<protocol>/<scale>/seed<k>.json`` the moment it finishes, so a rerun
+skips finished seeds; an interrupted seed continues from its checkpoints in
+``runs/static_vs_dynamic_seeds/<protocol>/<scale>/seed<k>/`` (bit-identical to an uninterrupted run). The
+protocol's version (``PROTOCOL``) keeps seeds of an older training rule out of a new report, and a report whose
+seeds were run with different configs is refused. After every seed ``results/static_vs_dynamic.{json,md,png}``
 are re-rendered: per-layer test MSE per seed for both models, dynamic ÷ static per seed, mean ± std, the chosen
 static direction, against the paper's Fig.-5 targets (dynamic ÷ static ≤ 1.1 at layer 1, ≤ 0.33 from layer 2).
 """
@@ -26,7 +28,12 @@ import time
 from pathlib import Path
 
 RESULTS = Path("results")
-CHECKPOINTS = Path("runs") / "static_vs_dynamic_seeds"
+# The protocol's version names the folders of finished seeds and of checkpoints, so a rerun never mixes seeds
+# trained under different rules. v1 (results/rows/static_vs_dynamic/<scale>/, kept as it was): cosine decay
+# over a 60-epoch cap, which early stopping never beat. v2: reduce-on-plateau and early stopping, both on
+# validation with a relative min_delta, the cap only a safety limit.
+PROTOCOL = "v2"
+CHECKPOINTS = Path("runs") / "static_vs_dynamic_seeds" / PROTOCOL
 # Fig. 5 read as numbers (the issue's targets): dynamic ÷ static test MSE at most this, per layer
 TARGETS = {1: 1.1, 2: 0.33, 3: 0.33}
 # --scale -> the experiment's named configs (tiny: seconds, for tests)
@@ -35,7 +42,7 @@ MODELS = ("static", "dynamic", "static_forward", "static_bidirectional")
 
 
 def seed_file(scale: str, seed: int) -> Path:
-    return RESULTS / "rows" / "static_vs_dynamic" / scale / f"seed{seed}.json"
+    return RESULTS / "rows" / "static_vs_dynamic" / PROTOCOL / scale / f"seed{seed}.json"
 
 
 def run_seed(scale: str, seed: int) -> dict:
@@ -90,6 +97,10 @@ def collect(scale: str, seeds: list[int] | None = None) -> dict:
         runs = [r for r in runs if r["seed"] in seeds]
     if not runs:
         return {"seeds": [], "layers": []}
+    mixed = [r["seed"] for r in runs if r["config"] != runs[0]["config"]]
+    if mixed:
+        raise ValueError(f"seeds {mixed} in {files[0].parent} were run with another config than seed "
+                         f"{runs[0]['seed']}; one report must not mix protocols: move them aside or rerun them")
     layers = sorted(runs[0]["result"]["static"]["test_mse"], key=int)
     doc = {"seeds": [r["seed"] for r in runs], "layers": [int(l) for l in layers],
            "config": runs[0]["config"], "target_var": {l: [r["target_var"][l] for r in runs] for l in layers}}
@@ -107,6 +118,7 @@ def collect(scale: str, seeds: list[int] | None = None) -> dict:
             entry["best_epoch"] = [r["result"][name]["best_epoch"] for r in runs]
             entry["epochs_run"] = [r["result"][name]["epochs_run"] for r in runs]
             entry["train_s"] = [r["result"][name]["train_seconds"] for r in runs]
+            entry["cpu_s"] = [r["result"][name].get("cpu_seconds") for r in runs]  # the model's own thread's
             entry["params"] = runs[0]["result"][name]["params"]
         doc[name] = entry
     ratio = {l: [r["result"]["ratio"][l] for r in runs] for l in layers}
@@ -127,12 +139,26 @@ def collect(scale: str, seeds: list[int] | None = None) -> dict:
     return doc
 
 
+def schedule_words(o: dict) -> str:
+    """The optimisation protocol of an ``optim`` config, in words, for the report."""
+    schedule = o.get("schedule", "cosine")
+    stop = (f"early stopping after {o['patience']} validations without a relative improvement of "
+            f"{o.get('min_delta', 0.0):g}")
+    if schedule == "plateau":
+        return (f"rate × {o['lr_factor']} after {o['lr_patience']} validations without improvement, {stop}, "
+                f"at most {o['epochs']} epochs")
+    if schedule == "cosine":
+        return f"cosine decay over at most {o['epochs']} epochs, {stop}"
+    return f"constant rate, {stop}, at most {o['epochs']} epochs"
+
+
 def write_report(scale: str, seeds: list[int] | None, command: str) -> None:
     from experiments.tables import machine
 
     body = collect(scale, seeds)
     RESULTS.mkdir(exist_ok=True)
-    doc = {"scale": scale, "machine": machine(), "date": dt.date.today().isoformat(), "command": command, **body}
+    doc = {"scale": scale, "protocol": PROTOCOL, "machine": machine(), "date": dt.date.today().isoformat(),
+           "command": command, **body}
     (RESULTS / "static_vs_dynamic.json").write_text(json.dumps(doc, indent=1))
     lines = ["# §7 static vs dynamic neural graph: MSE fitting MLP activations (paper Fig. 5)", "",
              f"Scale `{scale}`; machine: {doc['machine']}; date {doc['date']}.", f"Command: `{command}`.", ""]
@@ -144,9 +170,9 @@ def write_report(scale: str, seeds: list[int] | None, command: str) -> None:
     d, o = cfg["data"], cfg["optim"]
     lines += [f"Seeds {body['seeds']}. {d['n_train']}/{d['n_val']}/{d['n_test']} random MLPs (train/val/test) of "
               f"widths {d['widths']} ({d['activation']}), {d['inputs_per_mlp']} inputs each; d = "
-              f"{cfg['model']['hidden_dim']}; Adam lr {o['lr']}, cosine decay over at most {o['epochs']} epochs, "
-              f"early stopping after {o['patience']} validations without improvement; test MSE at the "
-              f"best-validation weights. Static = per layer the direction (forward-only as in §7, or "
+              f"{cfg['model']['hidden_dim']}; Adam lr {o['lr']}, {schedule_words(o)}; test MSE at the "
+              f"best-validation weights (protocol {PROTOCOL}). Static = per layer the direction (forward-only "
+              f"as in §7, or "
               f"bidirectional) with the lower static validation MSE.", "",
               "| layer | static (chosen) | dynamic | dynamic ÷ static per seed | mean ± std | target | met | "
               "static direction chosen | static forward | static bidirectional |",
@@ -168,7 +194,11 @@ def write_report(scale: str, seeds: list[int] | None, command: str) -> None:
     lines += ["", "Wall time per seed: " + ", ".join(f"{w:.0f}" for w in body["wall_s"]) + " s (it depends on the "
               "machine's load).", "Epochs (best / run) per seed: " + "; ".join(
         f"{n}: " + ", ".join(f"{b}/{e}" for b, e in zip(body[n]["best_epoch"], body[n]["epochs_run"]))
-        for n in MODELS if n != "static" and n in body) + " (the cosine schedule ends at the cap).", ""]
+        for n in MODELS if n != "static" and n in body) + f" (cap {o['epochs']}).",
+              "Training CPU seconds per seed (each model's own thread; the models train side by side, so an idle "
+              "2-core machine needs about the larger of the two threads' sums): " + "; ".join(
+                  f"{n}: " + ", ".join("—" if c is None else f"{c:.0f}" for c in body[n]["cpu_s"])
+                  for n in MODELS if n != "static" and n in body) + ".", ""]
     fig = figure(body)
     lines += [f"![per-layer test MSE over seeds]({fig.name})", "",
               "Left: test MSE per layer, one dot per seed, bar = mean. Right: dynamic ÷ static per seed, the "

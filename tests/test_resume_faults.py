@@ -162,8 +162,9 @@ def test_static_vs_dynamic_resumes_exactly(runs):
 
     trained = ("static_forward", "static_bidirectional", "dynamic")
     config = dict(data=dict(n_train=8, n_val=4, n_test=4, inputs_per_mlp=2), model=dict(hidden_dim=8, fourier_size=2),
-                  optim=dict(epochs=5, batch_size=4, eval_every=1, patience=1, lr=0.03),
-                  runtime=dict(device="cpu", num_threads=1))
+                  optim=dict(epochs=5, batch_size=4, eval_every=1, patience=1, lr=0.03, schedule="cosine",
+                             min_delta=0.0),
+                  runtime=dict(device="cpu", num_threads=1, workers=1))  # one model at a time: kills land alike
     reference = ex.run(config_updates=config, options=NO_CAPTURE)
     # early stopping is part of what must survive the kills: two of the three models stop before epoch 5
     assert reference.result["static_bidirectional"]["epochs_run"] == 3

@@ -160,7 +160,7 @@ def _tiny_data():
             ActivationData(3, seed=2, **shape))
 
 
-def _fit(tmp_path, *, lr, patience, epochs=8, name="dynamic"):
+def _fit(tmp_path, *, lr, patience, epochs=8, name="dynamic", **kw):
     from dng_tgn.baselines import DynamicMPNN
     from dng_tgn.tasks.static_vs_dynamic import train_model
 
@@ -169,7 +169,7 @@ def _fit(tmp_path, *, lr, patience, epochs=8, name="dynamic"):
     model = DynamicMPNN(hidden_dim=8, num_layers=3, fourier_size=2)
     out = train_model(name, model, train, val, test, epochs=epochs, patience=patience, batch_size=3, lr=lr,
                       weight_decay=0.0, grad_clip=1.0, eval_every=1, device="cpu", seed=4,
-                      checkpoint_dir=tmp_path / "ck", keep_checkpoints=1)
+                      checkpoint_dir=tmp_path / "ck", keep_checkpoints=1, **kw)
     return model, out, (train, val, test)
 
 
@@ -205,6 +205,93 @@ def test_result_is_read_at_the_best_validation_weights(tmp_path):
 def test_bad_patience_fails_clearly(tmp_path):
     with pytest.raises(ValueError, match="patience must be >= 1"):
         _fit(tmp_path, lr=0.0, patience=0)
+
+
+def _improves(vals, min_delta):
+    """Which validations reset the patience: below (1 - min_delta) x the last one that did (train_model's rule)."""
+    ref, out = float("inf"), []
+    for v in vals:
+        out.append(v < ref * (1 - min_delta))
+        ref = v if out[-1] else ref
+    return out
+
+
+def test_plateau_schedule_cuts_the_rate_and_stops_on_validation_only(tmp_path):
+    # min_delta 0.3: only a 30 % drop of the validation MSE counts as progress, so this run stalls quickly
+    kw = dict(schedule="plateau", lr_factor=0.5, lr_patience=2, min_delta=0.3)
+    _, out, _ = _fit(tmp_path / "a", lr=0.03, patience=4, epochs=30, **kw)
+    hist = out["history"]
+    vals, lrs = [h["val_mse"] for h in hist], [h["lr"] for h in hist]
+    assert out["epochs_run"] < 30  # early stopping fired before the cap
+    # replay the rule from the logged validation MSEs alone: the stop and every cut follow from them
+    ok, stale, lr, expected_lrs = _improves(vals, 0.3), 0, 0.03, []
+    for i, good in enumerate(ok):
+        expected_lrs.append(lr)
+        stale = 0 if good else stale + 1
+        if stale and stale % 2 == 0:  # lr_patience = 2 bad validations since the last cut or improvement
+            lr *= 0.5
+    assert lrs == pytest.approx(expected_lrs, rel=1e-12)
+    assert min(lrs) < 0.03  # at least one cut happened, so the check above saw one
+    assert ok[-5:] == [True] + [False] * 4  # stopped at the 4th validation after the last progress
+    assert out["best_epoch"] == 1 + vals.index(min(vals))  # the result is the lowest validation, not the last
+    # negative control: with min_delta 0 every new best is progress, so the same run trains on for longer
+    _, loose, _ = _fit(tmp_path / "b", lr=0.03, patience=4, epochs=30, **{**kw, "min_delta": 0.0})
+    assert loose["epochs_run"] > out["epochs_run"]
+
+
+def test_constant_schedule_keeps_the_rate_and_cosine_decays_it(tmp_path):
+    _, const, _ = _fit(tmp_path / "c", lr=0.01, patience=None, epochs=3, schedule="constant")
+    assert [h["lr"] for h in const["history"]] == [0.01] * 3
+    _, cos, _ = _fit(tmp_path / "d", lr=0.01, patience=None, epochs=3, schedule="cosine")  # control
+    lrs = [h["lr"] for h in cos["history"]]
+    assert lrs[0] < 0.01 and lrs[2] < lrs[1] < lrs[0]
+
+
+def test_bad_schedule_settings_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match="unknown schedule of .*'step'; valid values are 'cosine', 'plateau', 'constant'"):
+        _fit(tmp_path, lr=0.01, patience=2, schedule="step")
+    with pytest.raises(ValueError, match="lr_factor must be in"):
+        _fit(tmp_path, lr=0.01, patience=2, schedule="plateau", lr_factor=1.0)
+    with pytest.raises(ValueError, match="min_delta"):
+        _fit(tmp_path, lr=0.01, patience=2, schedule="plateau", min_delta=-0.1)
+
+
+def test_resuming_under_another_schedule_is_refused(tmp_path):
+    from dng_tgn.training import CheckpointError
+
+    _fit(tmp_path / "a", lr=0.01, patience=None, epochs=2, schedule="cosine")
+    ck = tmp_path / "a" / "ck" / "dynamic.step00000002.pt"
+    with pytest.raises(CheckpointError, match="'cosine' schedule.*'plateau'"):
+        _fit(tmp_path / "b", lr=0.01, patience=None, epochs=3, schedule="plateau", resume_path=ck)
+    # control: under the same schedule the (finished) checkpoint resumes to its own result
+    _, out, _ = _fit(tmp_path / "c", lr=0.01, patience=None, epochs=2, schedule="cosine", resume_path=ck)
+    assert out["epochs_run"] == 2
+
+
+def test_models_trained_side_by_side_get_exactly_their_numbers_alone(tmp_path):
+    from dng_tgn.baselines import DynamicMPNN, StaticMPNN
+    from dng_tgn.tasks.static_vs_dynamic import train_concurrently
+
+    train, val, test = _tiny_data()
+    kw = dict(epochs=3, patience=None, batch_size=3, lr=0.01, weight_decay=0.0, grad_clip=1.0, eval_every=1,
+              device="cpu", keep_checkpoints=1, schedule="plateau")
+
+    def jobs():
+        out = []
+        for name, cls in (("static_forward", StaticMPNN), ("dynamic", DynamicMPNN)):
+            torch.manual_seed(0)
+            out.append((name, cls(hidden_dim=8, num_layers=3, fourier_size=2), None))
+        return out
+
+    alone = train_concurrently(jobs(), train, val, test, workers=1, seed=4, checkpoint_dir=tmp_path / "1", **kw)
+    together = train_concurrently(jobs(), train, val, test, workers=2, seed=4, checkpoint_dir=tmp_path / "2", **kw)
+    assert list(together) == ["static_forward", "dynamic"]  # jobs order, whatever order they ran in
+    for name in alone:
+        for key in ("test_mse", "val_mse", "history", "best_epoch", "params"):
+            assert together[name][key] == alone[name][key], (name, key)
+    # negative control: another batch order (seed) moves the numbers, so the comparison above can fail
+    other = train_concurrently(jobs(), train, val, test, workers=2, seed=5, checkpoint_dir=tmp_path / "3", **kw)
+    assert other["dynamic"]["test_mse"] != alone["dynamic"]["test_mse"]
 
 
 # ------------------------------------------------------------------------------------------------ static choice
@@ -256,3 +343,26 @@ def test_seeds_command_writes_one_file_per_seed_skips_finished_and_reports(tmp_p
     assert seeds.main(["--scale", "tiny", "--seeds", "0,1,2"]) == 0
     assert ran == [2]
     assert json.loads((tmp_path / "results" / "static_vs_dynamic.json").read_text())["seeds"] == [0, 1, 2]
+
+
+def test_seeds_of_another_protocol_or_config_never_enter_a_report(tmp_path, monkeypatch):
+    import experiments.static_vs_dynamic_seeds as seeds
+
+    monkeypatch.chdir(tmp_path)
+    # a finished seed of the old protocol (v1 kept its files directly under <scale>/) is not a seed of this one
+    old = tmp_path / "results" / "rows" / "static_vs_dynamic" / "tiny" / "seed0.json"
+    old.parent.mkdir(parents=True)
+    old.write_text(json.dumps({"seed": 0, "config": {"optim": {"schedule": "cosine"}}}))
+    assert seeds.PROTOCOL in seeds.seed_file("tiny", 0).parts and seeds.seed_file("tiny", 0) != old
+    assert seeds.collect("tiny")["seeds"] == []
+    # two seeds of this protocol's folder run with different configs: refused, naming the odd one
+    for s, lr in ((0, 0.01), (1, 0.003)):
+        f = seeds.seed_file("tiny", s)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps({"seed": s, "config": {"optim": {"lr": lr}}}))
+    with pytest.raises(ValueError, match=r"seeds \[1\] .* another config"):
+        seeds.collect("tiny")
+    # control: with equal configs the same check passes (and fails later only for want of results)
+    seeds.seed_file("tiny", 1).write_text(json.dumps({"seed": 1, "config": {"optim": {"lr": 0.01}}}))
+    with pytest.raises(KeyError):
+        seeds.collect("tiny")

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
+from ..choices import parse_choice
 from ..baselines import DynamicMPNN, StaticMPNN, node_layer_index
 from ..baselines.static_vs_dynamic import ActivationFitter
 from ..data.activations import ActivationData
@@ -36,8 +38,8 @@ from ..tracking import log_figure, print_summary
 from ..training import Checkpoint, CheckpointError, CheckpointStore, flush_run, resolve_resume, restore, rng_state
 from .common import checkpoint_dir, set_threads
 
-__all__ = ["MODEL_CLASSES", "STATIC_DIRECTIONS", "evaluate", "train_model", "choose_static", "figure",
-           "run_static_vs_dynamic"]
+__all__ = ["MODEL_CLASSES", "STATIC_DIRECTIONS", "LRSchedule", "SCHEDULES", "evaluate", "make_schedule", "train_model",
+           "train_concurrently", "choose_static", "figure", "run_static_vs_dynamic"]
 
 MODEL_CLASSES = {"static": StaticMPNN, "dynamic": DynamicMPNN}
 
@@ -68,17 +70,64 @@ def evaluate(model: ActivationFitter, data: ActivationData, batch_size: int, dev
     return (per_layer, float(sq[1:].sum() / cnt[1:].sum())) if overall else per_layer
 
 
+class LRSchedule(Enum):
+    """``optim.schedule`` of §7's models (see :func:`train_model`)."""
+
+    COSINE = "cosine"
+    PLATEAU = "plateau"
+    CONSTANT = "constant"
+
+    @classmethod
+    def parse(cls, value: "str | LRSchedule", name: str = "model") -> "LRSchedule":
+        return parse_choice(cls, value, f"schedule of {name}")
+
+
+SCHEDULES = tuple(m.value for m in LRSchedule)
+
+
+def make_schedule(opt: torch.optim.Optimizer, schedule: "LRSchedule | str", *, epochs: int, steps_per_epoch: int,
+                  lr_factor: float, lr_patience: int, min_delta: float, name: str = "model"):
+    """The learning-rate schedule of :func:`train_model` (see there); ``plateau`` is stepped with the validation
+    MSE after every validation, the others after every optimiser step."""
+    schedule = LRSchedule.parse(schedule, name)
+    if schedule is LRSchedule.COSINE:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+    if schedule is LRSchedule.CONSTANT:
+        return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    if schedule is LRSchedule.PLATEAU:
+        if not 0.0 < lr_factor < 1.0:
+            raise ValueError(f"{name}: lr_factor must be in (0, 1) for the plateau schedule, got {lr_factor}")
+        if int(lr_patience) < 1:
+            raise ValueError(f"{name}: lr_patience must be >= 1 validations, got {lr_patience}")
+        # torch cuts after `patience` bad validations *plus one*: lr_patience - 1 makes the lr_patience-th the cut;
+        # its threshold (relative, against the last significant best) is the stopping rule's min_delta
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=lr_factor,
+                                                          patience=int(lr_patience) - 1, threshold=min_delta,
+                                                          threshold_mode="rel")
+    raise AssertionError(f"unhandled schedule {schedule}")  # every member is handled above
+
+
 def train_model(name: str, model: ActivationFitter, train: ActivationData, val: ActivationData, test: ActivationData,
                 *, epochs: int, batch_size: int, lr: float, weight_decay: float, grad_clip: float, eval_every: int,
                 device, seed: int, patience: int | None = None, run=None, checkpoint_dir: Path | None = None,
-                resume_path: Path | None = None, keep_checkpoints: int = 2, amp=None) -> dict:
-    """Adam + cosine decay (over at most ``epochs``) on the node MSE, early stopping on validation.
+                resume_path: Path | None = None, keep_checkpoints: int = 2, amp=None, schedule: str = "cosine",
+                lr_factor: float = 0.5, lr_patience: int = 3, min_delta: float = 0.0) -> dict:
+    """Adam on the node MSE with a learning-rate ``schedule``, early stopping on validation.
 
     Every model gets the same seed, so they all see the same batches. Every ``eval_every`` epochs the validation
-    MSE (over all hidden and output neurons, the training loss's quantity) is measured; training stops once
-    ``patience`` validations in a row have not improved on the best one (None: never early, run ``epochs``),
-    and the model ends with the weights of its best validation. ``test`` is read once, with those weights:
-    nothing is chosen on it.
+    MSE (over all hidden and output neurons, the training loss's quantity) is measured. A validation *improves*
+    when it is below ``ref · (1 − min_delta)``, ``ref`` being the validation MSE of the last improvement (so
+    slow progress still counts once it adds up to ``min_delta``); training stops once ``patience``
+    validations in a row have not improved (None: never early, run ``epochs``), and the model ends with the
+    weights of its lowest validation MSE. ``test`` is read once, with those weights: nothing is chosen on it.
+
+    ``schedule``: ``"cosine"`` decays the rate to 0 over exactly ``epochs`` (the cap then decides when the
+    curves flatten, so early stopping rarely fires); ``"plateau"`` multiplies it by ``lr_factor`` whenever
+    ``lr_patience`` validations in a row have not improved (same rule and ``min_delta`` as the stopping;
+    with ``lr_patience < patience`` a stalled model gets smaller rates before it is stopped); ``"constant"``
+    keeps ``lr``.
+    With ``"plateau"`` or ``"constant"`` the epoch cap is only a safety limit, and when a model stops is
+    decided by its own validation curve.
 
     A checkpoint ``{name}.step<epoch>.pt`` (model, optimizer, scheduler, the batch-order generator, RNG states,
     validation history, the early-stopping state) goes to ``checkpoint_dir`` after every epoch, the run's
@@ -97,17 +146,22 @@ def train_model(name: str, model: ActivationFitter, train: ActivationData, val: 
     amp = check_amp(amp, device)
     scaler = grad_scaler(amp, device) if amp is AmpMode.FP16 else None
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(train.n / batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
     if patience is not None and int(patience) < 1:
         raise ValueError(f"{name}: patience must be >= 1 validations (or None: no early stopping), got {patience}")
+    if not 0.0 <= min_delta < 1.0:
+        raise ValueError(f"{name}: min_delta is a relative improvement in [0, 1), got {min_delta}")
+    sched = make_schedule(opt, schedule, epochs=epochs, steps_per_epoch=math.ceil(train.n / batch_size),
+                          lr_factor=lr_factor, lr_patience=lr_patience, min_delta=min_delta, name=name)
+    schedule = LRSchedule.parse(schedule, name)
+    per_step = schedule is not LRSchedule.PLATEAU  # cosine / constant advance every optimiser step, plateau every validation
     g = torch.Generator().manual_seed(seed)
     history = []
     # early stopping: the best validation MSE so far, its epoch and weights, and how many validations since
     best_metric, best_step, best_state, stale, finished = math.inf, None, None, 0, False
+    ref = math.inf  # validation MSE of the last improvement by more than min_delta (what `stale` counts from)
     store = CheckpointStore(checkpoint_dir if dist.is_main() else None, name, keep_checkpoints)
     sampler = {"kind": "epoch_randperm", "n": train.n, "batch_size": batch_size, "seed": seed}
-    start_epoch, seconds_before, train_loss = 0, 0.0, math.nan
+    start_epoch, seconds_before, cpu_before, train_loss = 0, 0.0, 0.0, math.nan
     if resume_path is not None:
         ck, best_state = restore(resume_path, store, model=model, optimizer=opt, scheduler=sched, scaler=scaler)
         saved = dict(ck.sampler or {})
@@ -118,13 +172,19 @@ def train_model(name: str, model: ActivationFitter, train: ActivationData, val: 
         if any("val_mse" not in h for h in ck.extra["history"]):
             raise CheckpointError(f"{resume_path} was written before §7 had a validation split and early stopping "
                                   f"(its history holds test curves); start a new run instead of resuming it")
+        if ck.extra.get("schedule", "cosine") != schedule.value:
+            raise CheckpointError(f"{resume_path} was trained with the {ck.extra.get('schedule', 'cosine')!r} "
+                                  f"schedule, this run uses {schedule.value!r}; resuming it would mix two protocols")
         g.set_state(generator_state)
         start_epoch, history = ck.step, list(ck.extra["history"])
+        ref = ck.extra.get("stop_ref", ck.best_metric if ck.best_metric is not None else math.inf)
         seconds_before, train_loss = float(ck.extra.get("train_seconds", 0.0)), ck.extra.get("train_loss", math.nan)
+        cpu_before = float(ck.extra.get("cpu_seconds", 0.0))
         best_step, stale, finished = ck.best_step, ck.evals_without_improvement, ck.finished
         best_metric = ck.best_metric if ck.best_metric is not None else math.inf
     dist.broadcast_module(model)  # every rank starts from rank 0's weights (equal already when seeded alike)
-    start = time.perf_counter()
+    # this thread's CPU time: with models trained side by side it is what the model would take on an idle core
+    start, cpu_start = time.perf_counter(), time.thread_time()
     bar = progress(desc=name, total=epochs, initial=start_epoch, unit="epoch")
     for epoch in range(start_epoch + 1, epochs + 1):
         if finished:  # stopped early before the kill: nothing left to train
@@ -154,7 +214,8 @@ def train_model(name: str, model: ActivationFitter, train: ActivationData, val: 
                 if grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 opt.step()
-            sched.step()
+            if per_step:
+                sched.step()
         if world > 1:
             total, count = dist.all_reduce_sum([total, count], device)
         train_loss = total / count
@@ -165,16 +226,27 @@ def train_model(name: str, model: ActivationFitter, train: ActivationData, val: 
             # the ranks' models are equal: rank 0 evaluates, every rank keeps the same history
             per_layer, val_mse = dist.broadcast_object(
                 evaluate(model, val, batch_size, device, overall=True) if dist.is_main() else None)
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_mse": val_mse, "val_mse_layer": per_layer})
+            # the rate this epoch trained with (before a plateau cut that this validation may trigger)
+            lr_now = opt.param_groups[0]["lr"]
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_mse": val_mse, "val_mse_layer": per_layer,
+                            "lr": lr_now})
             if run is not None:
+                run.log_scalar(f"{name}.lr", lr_now, epoch)
                 run.log_scalar(f"{name}.val.mse", val_mse, epoch)
                 for l, v in per_layer.items():
                     run.log_scalar(f"{name}.val.mse.layer{l}", v, epoch)
-            if val_mse < best_metric:
-                best_metric, best_step, stale = val_mse, epoch, 0
+            if val_mse < best_metric:  # the result's weights: the lowest validation MSE, however small the gain
+                best_metric, best_step = val_mse, epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if val_mse < ref * (1.0 - min_delta):  # progress that resets the patience
+                ref, stale = val_mse, 0
             else:
                 stale += 1
+            if not per_step:
+                sched.step(val_mse)
+                if opt.param_groups[0]["lr"] < lr_now and dist.is_main():
+                    print(f"{name}: epoch {epoch}: no progress in {lr_patience} validations, "
+                          f"lr {lr_now:.2e} -> {opt.param_groups[0]['lr']:.2e}", flush=True)
             finished = patience is not None and stale >= patience
         finished = finished or epoch == epochs
         kill_point(f"{name}/epoch/{epoch}")
@@ -184,18 +256,20 @@ def train_model(name: str, model: ActivationFitter, train: ActivationData, val: 
             sampler=dict(sampler, generator=g.get_state()), rng=rng_state(), finished=finished, name=name,
             best_metric=best_metric if best_step is not None else None, best_step=best_step,
             evals_without_improvement=stale,
-            extra={"history": history, "train_loss": train_loss,
-                   "train_seconds": seconds_before + time.perf_counter() - start}))
+            extra={"history": history, "train_loss": train_loss, "schedule": schedule.value, "stop_ref": ref,
+                   "train_seconds": seconds_before + time.perf_counter() - start,
+                   "cpu_seconds": cpu_before + time.thread_time() - cpu_start}))
         flush_run(run)
         kill_point(f"{name}/saved/{epoch}")
         bar.update(1)
         if finished:
             if epoch < epochs and dist.is_main():
-                print(f"{name}: stopped early at epoch {epoch}: no better validation MSE in {stale} validations "
-                      f"(best {best_metric:.3e} at epoch {best_step})", flush=True)
+                print(f"{name}: stopped early at epoch {epoch}: {stale} validations without a relative improvement "
+                      f"of {min_delta:g} (best {best_metric:.3e} at epoch {best_step})", flush=True)
             break
     bar.close()
     seconds = seconds_before + time.perf_counter() - start
+    cpu_seconds = cpu_before + time.thread_time() - cpu_start
     if best_state is None:
         raise RuntimeError(f"{name}: no validation was run (epochs={epochs}, eval_every={eval_every})")
     model.load_state_dict(best_state)  # the best validation's weights are the model's result
@@ -204,7 +278,38 @@ def train_model(name: str, model: ActivationFitter, train: ActivationData, val: 
     return {"test_mse": test_mse, "val_mse": best["val_mse_layer"], "best_val_mse": best["val_mse"],
             "best_epoch": best_step, "epochs_run": history[-1]["epoch"] if history else 0,
             "train_loss": history[-1]["train_loss"], "history": history, "train_seconds": seconds,
+            "cpu_seconds": cpu_seconds,
             "params": sum(p.numel() for p in model.parameters())}
+
+
+def train_concurrently(jobs: Sequence[tuple[str, ActivationFitter, Path | None]], train: ActivationData,
+                       val: ActivationData, test: ActivationData, *, workers: int, **train_kw) -> dict[str, dict]:
+    """:func:`train_model` for every ``(name, model, resume_path)`` of ``jobs``, ``workers`` at a time.
+
+    The models are independent (own weights, optimiser, batch-order generator, checkpoints), so training them in
+    threads gives each model exactly the numbers it gets alone: torch releases the GIL inside its kernels, so
+    with one intra-op thread per model two models keep two cores busy; unlike intra-op threads, that does not
+    oversubscribe a shared CPU. The most expensive models start first (the bidirectional static MPNN has twice
+    the edges). Under torchrun (collectives must run in one order on every rank) and with ``workers=1`` the
+    models train one after the other. Returns the results in ``jobs`` order.
+    """
+    if workers <= 1 or len(jobs) <= 1 or dist.world_size() > 1:
+        return {name: train_model(name, model, train, val, test, resume_path=rp, **train_kw)
+                for name, model, rp in jobs}
+    from concurrent.futures import ThreadPoolExecutor
+
+    cost = {name: k for k, name in enumerate(("static_bidirectional", "static_forward", "dynamic"))}
+    order = sorted(jobs, key=lambda j: cost.get(j[0], -1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sec7") as pool:
+        futures = {name: pool.submit(train_model, name, model, train, val, test, resume_path=rp, **train_kw)
+                   for name, model, rp in order}
+        try:
+            done = {name: f.result() for name, f in futures.items()}
+        except BaseException:
+            for f in futures.values():
+                f.cancel()
+            raise
+    return {name: done[name] for name, _, _ in jobs}
 
 
 STATIC_DIRECTIONS = ("forward", "bidirectional")
@@ -276,8 +381,9 @@ def run_static_vs_dynamic(*, run, seed: int, data: Mapping, model: Mapping, mode
     (None: the MLP depth), edge_updates, static_directions (the static MPNNs to train: ``forward`` as §7
     describes it, ``bidirectional`` with reversed edges too); ``models``: which of ``MODEL_CLASSES`` to train;
     ``optim``: epochs (at most), patience (validations), batch_size, lr, weight_decay, grad_clip, eval_every
-    (epochs); ``runtime``: device, path, num_threads, resume (a run directory to continue), checkpoint_dir,
-    keep_checkpoints, amp.
+    (epochs), schedule, lr_factor, lr_patience, min_delta (:func:`train_model`); ``runtime``: device, path,
+    num_threads, workers (models trained at once, :func:`train_concurrently`), resume (a run directory to
+    continue), checkpoint_dir, keep_checkpoints, amp.
 
     Three seeded, disjoint sets of random MLPs: train (seed+1), validation (seed+5), test (seed+2). The static
     baseline is the strongest static MPNN: per layer, the direction with the lower *static* validation MSE
@@ -320,17 +426,26 @@ def run_static_vs_dynamic(*, run, seed: int, data: Mapping, model: Mapping, mode
                 bidirectional=d == "bidirectional", **common)) for d in directions]
         else:
             plan.append(("dynamic", lambda: DynamicMPNN(num_layers=depth, **common)))
-    results = {}
-    for k, (name, build) in enumerate(plan):
-        # the first model's checkpoint must be there; a later one may not have been reached by the killed run
-        resume_path = resolve_resume(resume, name, required=k == 0)
+    # the newest checkpoint of every model; one must exist, a later one may not have been reached by a killed run
+    resume_paths = [resolve_resume(resume, name, required=False) for name, _ in plan]
+    if resume and plan and not any(resume_paths):
+        resolve_resume(resume, plan[0][0], required=True)  # raises, naming what is missing
+    train_kw = dict(epochs=optim["epochs"], patience=optim["patience"], batch_size=optim["batch_size"], lr=optim["lr"],
+                    weight_decay=optim["weight_decay"], grad_clip=optim["grad_clip"], eval_every=optim["eval_every"],
+                    device=dev, seed=seed + 4, run=run, checkpoint_dir=ckdir,
+                    keep_checkpoints=runtime.get("keep_checkpoints", 2), amp=runtime.get("amp"),
+                    schedule=optim.get("schedule", "cosine"), lr_factor=optim.get("lr_factor", 0.5),
+                    lr_patience=optim.get("lr_patience", 3), min_delta=optim.get("min_delta", 0.0))
+    built = []
+    for name, build in plan:
         torch.manual_seed(seed + 3)  # same initialisation stream for every model
-        results[name] = train_model(name, build(), train, val, test, epochs=optim["epochs"],
-                                    patience=optim["patience"], batch_size=optim["batch_size"], lr=optim["lr"],
-                                    weight_decay=optim["weight_decay"], grad_clip=optim["grad_clip"],
-                                    eval_every=optim["eval_every"], device=dev, seed=seed + 4, run=run,
-                                    checkpoint_dir=ckdir, resume_path=resume_path,
-                                    keep_checkpoints=runtime.get("keep_checkpoints", 2), amp=runtime.get("amp"))
+        built.append(build())
+    jobs = [(name, m, rp) for (name, _), m, rp in zip(plan, built, resume_paths)]
+    workers = int(runtime.get("workers") or 1)
+    if workers < 1:
+        raise ValueError(f"runtime.workers must be >= 1, got {runtime.get('workers')}")
+    results = train_concurrently(jobs, train, val, test, workers=workers, **train_kw)
+    for name in results:
         info["params"][name] = results[name]["params"]  # a constant of the model: info, not a metric
 
     def per_layer(d: Mapping[int, float]) -> dict[str, float]:
@@ -338,7 +453,8 @@ def run_static_vs_dynamic(*, run, seed: int, data: Mapping, model: Mapping, mode
 
     summary = {name: {"test_mse": per_layer(r["test_mse"]), "val_mse": per_layer(r["val_mse"]),
                       "relative_mse": {str(l): v / target_var[l] for l, v in r["test_mse"].items()},
-                      "params": r["params"], "train_seconds": r["train_seconds"], "final_train_loss": r["train_loss"],
+                      "params": r["params"], "train_seconds": r["train_seconds"], "cpu_seconds": r["cpu_seconds"],
+                      "final_train_loss": r["train_loss"],
                       "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"]}
                for name, r in results.items()}
     choice = None
@@ -366,6 +482,8 @@ def run_static_vs_dynamic(*, run, seed: int, data: Mapping, model: Mapping, mode
         ratio = f"   {summary['ratio'][str(l)]:10.3f}" if "ratio" in summary else ""
         lines.append(f"{l:>5}  " + "  ".join(cells) + ratio + f"   {target_var[l]:.3e}")
     lines.append("epochs " + "  ".join(f"{'best %d of %d' % (r['best_epoch'], r['epochs_run']):>20}"
+                                        for r in results.values()))
+    lines.append("time s " + "  ".join(f"{'%.0f wall, %.0f CPU' % (r['train_seconds'], r['cpu_seconds']):>20}"
                                         for r in results.values()))
     lines.append("params " + "  ".join(f"{results[n]['params']:>20d}" for n in results))
     print_summary(run, "\n" + "\n".join(lines))
