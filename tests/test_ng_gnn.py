@@ -335,3 +335,25 @@ def test_segment_pna_splits_tied_gradients_like_scatter_reduce():
     assert (zeros.index_add(0, dst, hit_max.float()) > 1).any()
     unsplit = hit_max * weight[dst, 4:8] + hit_min * weight[dst, 8:12]
     assert (unsplit - grads[0]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("path", [ExecutionPath.TORCH, pytest.param(ExecutionPath.DGL, marks=needs_dgl)])
+def test_segment_pna_extremes_of_exactly_zero_get_the_whole_gradient(path):
+    """A node whose max or min is exactly 0.0 passes the whole gradient to that edge, as finite differences say.
+
+    ``scatter_reduce(include_self=False)``'s backward (torch 2.13) counts the zero-filled output as one more tied
+    element there and gives the edge only half: the earlier torch-path formula, and what the reference of the tests
+    above would give, so they never draw messages whose extreme is exactly 0."""
+    # node 0: column 0's unique min and column 1's unique max are exactly 0; node 1 has one edge; node 2 none
+    m = torch.tensor([[2.0, 0.0], [0.0, -1.0], [3.0, -2.0], [0.5, 0.25]], dtype=torch.double, requires_grad=True)
+    src, dst = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 0, 0, 1])
+    weight = torch.linspace(-1.0, 1.5, 3 * 8, dtype=torch.double).reshape(3, 8)
+    (segment_pna(m, src, dst, 3, 3, path)[0] * weight).sum().backward()
+    # finite differences of the whole PNA output (the function is smooth around these messages: no ties)
+    assert torch.autograd.gradcheck(lambda x: segment_pna(x, src, dst, 3, 3, path)[0], (m.detach().clone().requires_grad_(),))
+    # the max/min blocks alone: each unique extreme's edge gets that block's whole weight
+    mm = m.detach().clone().requires_grad_()
+    (segment_pna(mm, src, dst, 3, 3, path)[0][:, 2:6] * weight[:, 2:6]).sum().backward()
+    assert mm.grad[1, 0] == weight[0, 4]  # the min 0.0 of column 0 at node 0: the whole weight, not half
+    assert mm.grad[0, 1] == weight[0, 3]  # the max 0.0 of column 1 at node 0
+    assert mm.grad[3, 0] == weight[1, 2] + weight[1, 4] and mm.grad[3, 1] == weight[1, 3] + weight[1, 5]  # max = min

@@ -131,6 +131,9 @@ def test_bad_config_values_fail_clearly():
         ActivationData(2, [2, 3], "swish", 1.0, 0.1, 1, 0)
     with pytest.raises(ValueError, match="unknown models"):
         sv.ex.run(named_configs=["tiny"], config_updates={**TINY, "models": ["static", "gat"]})
+    for workers in (0, -1):  # 0 was once read as "unset" and trained one model at a time
+        with pytest.raises(ValueError, match=f"runtime.workers must be >= 1, got {workers}"):
+            sv.ex.run(named_configs=["tiny"], config_updates={"runtime": {"device": "cpu", "workers": workers}})
 
 
 def test_command_line_output_is_plain_lines_ending_with_the_summary(tmp_path):

@@ -63,7 +63,10 @@ class _ScatterExtreme(torch.autograd.Function):
     """Per-destination max and min of (E, d) messages (zeros where nothing arrives), with a lean backward.
 
     Same values and gradients as ``scatter_reduce("amax"/"amin", include_self=False)`` (a tie shares the
-    gradient equally among the tied edges), but the backward gathers whole rows (``index_select`` /
+    gradient equally among the tied edges), except where an extreme is exactly 0.0: there scatter_reduce's
+    backward (torch 2.13) also counts its zero-filled output as a tied element and gives the edges half the
+    gradient, while here they get all of it, the true derivative (tests/test_ng_gnn.py checks it by finite
+    differences). The backward gathers whole rows (``index_select`` /
     ``index_add``) instead of ``scatter_reduce``'s element-wise 2-D ``gather``/``scatter_add`` of an expanded
     index: on NG-GNN's INR bench batch (71,680 edges, d = 64) max *and* min here cost what ``scatter_reduce``'s
     max alone did (fwd+bwd, about 64 CPU ms each, measured on the 2-core machine).

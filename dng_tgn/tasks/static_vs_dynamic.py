@@ -441,7 +441,7 @@ def run_static_vs_dynamic(*, run, seed: int, data: Mapping, model: Mapping, mode
         torch.manual_seed(seed + 3)  # same initialisation stream for every model
         built.append(build())
     jobs = [(name, m, rp) for (name, _), m, rp in zip(plan, built, resume_paths)]
-    workers = int(runtime.get("workers") or 1)
+    workers = 1 if runtime.get("workers") is None else int(runtime["workers"])  # not `or 1`: 0 is an error too
     if workers < 1:
         raise ValueError(f"runtime.workers must be >= 1, got {runtime.get('workers')}")
     results = train_concurrently(jobs, train, val, test, workers=workers, **train_kw)
