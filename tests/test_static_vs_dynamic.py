@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import uuid
 import warnings
@@ -369,3 +370,40 @@ def test_seeds_of_another_protocol_or_config_never_enter_a_report(tmp_path, monk
     seeds.seed_file("tiny", 1).write_text(json.dumps({"seed": 1, "config": {"optim": {"lr": 0.01}}}))
     with pytest.raises(KeyError):
         seeds.collect("tiny")
+
+
+def test_a_failing_model_stops_the_one_beside_it_promptly(tmp_path):
+    """With models side by side, the first failure surfaces at once and the other model stops at its next epoch
+    (control: alone, the same model trains all its epochs)."""
+    from dng_tgn.baselines import DynamicMPNN, StaticMPNN
+    from dng_tgn.tasks.static_vs_dynamic import train_concurrently
+
+    train, val, test = _tiny_data()
+    kw = dict(patience=None, batch_size=3, lr=0.01, weight_decay=0.0, grad_clip=1.0, eval_every=1, device="cpu",
+              keep_checkpoints=1, schedule="constant", seed=0)
+
+    class Broken(StaticMPNN):
+        def forward(self, *a, **k):
+            raise FloatingPointError("broken model")
+
+    calls = []
+
+    class Counted(DynamicMPNN):
+        def forward(self, *a, **k):
+            calls.append(1)
+            return super().forward(*a, **k)
+
+    def counted():
+        torch.manual_seed(0)
+        return Counted(hidden_dim=8, num_layers=3, fourier_size=2)
+
+    jobs = [("static_bidirectional", Broken(hidden_dim=8, num_layers=3, fourier_size=2), None),
+            ("dynamic", counted(), None)]
+    with pytest.raises(FloatingPointError, match="broken model"):
+        train_concurrently(jobs, train, val, test, workers=2, epochs=500, checkpoint_dir=tmp_path / "a", **kw)
+    per_epoch = math.ceil(train.n / 3) + math.ceil(val.n / 3)  # training + validation forwards
+    assert len(calls) < 20 * per_epoch, len(calls)  # stopped within a few epochs, not after 500
+    calls.clear()
+    out = train_concurrently([("dynamic", counted(), None)], train, val, test, workers=2, epochs=5,
+                             checkpoint_dir=tmp_path / "b", **kw)
+    assert out["dynamic"]["epochs_run"] == 5 and len(calls) >= 5 * math.ceil(train.n / 3)

@@ -16,6 +16,7 @@ l-layer MLP; the per-layer test MSE is therefore Fig. 5's "MLPs with one, two an
 from __future__ import annotations
 
 import math
+import threading
 import time
 from enum import Enum
 from pathlib import Path
@@ -38,7 +39,7 @@ from ..tracking import log_figure, print_summary
 from ..training import Checkpoint, CheckpointError, CheckpointStore, flush_run, resolve_resume, restore, rng_state
 from .common import checkpoint_dir, set_threads
 
-__all__ = ["MODEL_CLASSES", "STATIC_DIRECTIONS", "LRSchedule", "SCHEDULES", "evaluate", "make_schedule", "train_model",
+__all__ = ["MODEL_CLASSES", "STATIC_DIRECTIONS", "LRSchedule", "SCHEDULES", "TrainingCancelled", "evaluate", "make_schedule", "train_model",
            "train_concurrently", "choose_static", "figure", "run_static_vs_dynamic"]
 
 MODEL_CLASSES = {"static": StaticMPNN, "dynamic": DynamicMPNN}
@@ -68,6 +69,10 @@ def evaluate(model: ActivationFitter, data: ActivationData, batch_size: int, dev
     model.train()
     per_layer = {l: float(sq[l] / cnt[l]) for l in range(1, data.depth + 1)}
     return (per_layer, float(sq[1:].sum() / cnt[1:].sum())) if overall else per_layer
+
+
+class TrainingCancelled(RuntimeError):
+    """A model of :func:`train_concurrently` stopped because another one failed or the run was interrupted."""
 
 
 class LRSchedule(Enum):
@@ -111,8 +116,12 @@ def train_model(name: str, model: ActivationFitter, train: ActivationData, val: 
                 *, epochs: int, batch_size: int, lr: float, weight_decay: float, grad_clip: float, eval_every: int,
                 device, seed: int, patience: int | None = None, run=None, checkpoint_dir: Path | None = None,
                 resume_path: Path | None = None, keep_checkpoints: int = 2, amp=None, schedule: str = "cosine",
-                lr_factor: float = 0.5, lr_patience: int = 3, min_delta: float = 0.0) -> dict:
+                lr_factor: float = 0.5, lr_patience: int = 3, min_delta: float = 0.0,
+                cancel: "threading.Event | None" = None) -> dict:
     """Adam on the node MSE with a learning-rate ``schedule``, early stopping on validation.
+
+    ``cancel``: set by :func:`train_concurrently` when a model beside this one failed or the run was
+    interrupted; this model then stops at its next epoch (:class:`TrainingCancelled`) instead of training on.
 
     Every model gets the same seed, so they all see the same batches. Every ``eval_every`` epochs the validation
     MSE (over all hidden and output neurons, the training loss's quantity) is measured. A validation *improves*
@@ -189,6 +198,9 @@ def train_model(name: str, model: ActivationFitter, train: ActivationData, val: 
     for epoch in range(start_epoch + 1, epochs + 1):
         if finished:  # stopped early before the kill: nothing left to train
             break
+        if cancel is not None and cancel.is_set():
+            raise TrainingCancelled(f"{name}: stopped before epoch {epoch} because a model trained beside it failed "
+                                    f"or the run was interrupted (its checkpoints so far are kept)")
         total, count = 0.0, 0
         for ids in _chunks(torch.randperm(train.n, generator=g), batch_size):
             mine = ids if world == 1 else dist.shard_batch(ids)  # this rank's piece of the global batch
@@ -296,16 +308,21 @@ def train_concurrently(jobs: Sequence[tuple[str, ActivationFitter, Path | None]]
     if workers <= 1 or len(jobs) <= 1 or dist.world_size() > 1:
         return {name: train_model(name, model, train, val, test, resume_path=rp, **train_kw)
                 for name, model, rp in jobs}
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     cost = {name: k for k, name in enumerate(("static_bidirectional", "static_forward", "dynamic"))}
     order = sorted(jobs, key=lambda j: cost.get(j[0], -1))
+    cancel = threading.Event()  # a failure or Ctrl-C stops the other models at their next epoch, not at their end
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sec7") as pool:
-        futures = {name: pool.submit(train_model, name, model, train, val, test, resume_path=rp, **train_kw)
+        futures = {name: pool.submit(train_model, name, model, train, val, test, resume_path=rp, cancel=cancel,
+                                     **train_kw)
                    for name, model, rp in order}
         try:
+            for f in as_completed(futures.values()):
+                f.result()  # the first failure, as it happens
             done = {name: f.result() for name, f in futures.items()}
         except BaseException:
+            cancel.set()
             for f in futures.values():
                 f.cancel()
             raise
