@@ -7,8 +7,10 @@
 
 Every (table, dataset, row, seed) is one run. Its result is written to
 ``results/rows/<table>/<dataset>/<row>/seed<k>.json`` the moment it finishes, so a rerun skips finished runs
-and an interrupted table is completed by running the same command again (each Sacred run also resumes from
-its own checkpoints when given ``runtime.resume``). The tables are re-rendered after every run.
+and an interrupted table is completed by running the same command again: a run that was killed part-way
+(the newest run directory of exactly that row's configuration, not completed, with checkpoints:
+:func:`unfinished_run`) is resumed from its last checkpoint rather than started over. The tables are
+re-rendered after every run.
 
 Rows are data (:data:`TABLES`). A row that needs something the project cannot do yet says so in ``missing``;
 it is listed in the table as not run, with the reason, rather than silently dropped. Sacred rows run the
@@ -286,11 +288,48 @@ def run_one(table: Table, row: Row, dataset: str, seed: int, data_dir: Path, sca
     ex = importlib.import_module(f"experiments.{experiment}").ex
     updates = _merge({"seed": seed, "data": {"root": str(root)}}, dict(row.updates))
     names = tuple(n for n in row.named_configs if n != "bench" or scale == "bench")
+    unfinished = unfinished_run(ex, names, updates)
+    if unfinished is not None:  # an interrupted run of exactly this row and seed: continue it, don't start over
+        print(f"resuming {unfinished} (same configuration, not completed, has checkpoints)", flush=True)
+        updates = _merge(updates, {"runtime": {"resume": str(unfinished)}})
     run = ex.run(named_configs=names, config_updates=updates, options={"--capture": "no"})
     run_dir = Path(run.observers[0].dir) if run.observers and getattr(run.observers[0], "dir", None) else None
     out = ROW_RESULT[experiment](run.result, run_dir)
     out["run_dir"] = str(run_dir) if run_dir else None
     return out
+
+
+def _flat(d: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+    return out
+
+
+def unfinished_run(ex, named_configs: tuple[str, ...], updates: Mapping) -> Path | None:
+    """The newest run directory of ``ex`` that ran with exactly the configuration these ``updates`` give (every
+    key, so another row's or seed's run never matches; ``runtime.resume`` aside), did not complete (killed,
+    interrupted or failed) and left a checkpoint: what a rerun of the table should resume."""
+    from sacred.initialize import create_run
+
+    from dng_tgn.tracking import runs_dir
+
+    def comparable(config: Mapping) -> dict:
+        flat = _flat(json.loads(json.dumps(config, default=str)))
+        return {k: v for k, v in flat.items() if k != "runtime.resume" and not k.endswith("__doc__")}
+
+    want = comparable(create_run(ex, ex.default_command, config_updates=dict(updates),
+                                 named_configs=named_configs).config)
+    found = []
+    for d in runs_dir(ex.path).glob("*"):
+        try:
+            status = json.loads((d / "run.json").read_text()).get("status")
+            config = json.loads((d / "config.json").read_text())
+        except (OSError, ValueError):  # not a run directory, or one being written
+            continue
+        if status != "COMPLETED" and any(d.glob("*.step*.pt")) and comparable(config) == want:
+            found.append(d)
+    return max(found, key=lambda d: d.stat().st_mtime) if found else None
 
 
 def _merge(a: dict, b: Mapping) -> dict:

@@ -116,3 +116,35 @@ def test_runs_under_a_previous_default_are_reported_apart(tmp_path, results, mon
     assert block["key"] == "old_order" and [(r["name"], r["test_acc"]) for r in block["rows"]] == [("inr2jls", [0.25])]
     md = (results / "toy_inr.md").read_text()
     assert "## Runs under a previous default: `old_order`" in md and "| toy | inr2jls | 25.00 ± 0.00 | 1 |" in md
+
+
+def test_a_rerun_resumes_the_unfinished_run_of_exactly_its_row(tmp_path, monkeypatch):
+    """``unfinished_run`` finds a killed run of the same configuration that left a checkpoint, and nothing else:
+    not another seed's or row's run, not a completed run, not a run without checkpoints."""
+    from sacred.initialize import create_run
+
+    from experiments.inr2jls import ex
+
+    monkeypatch.setenv("DNG_RUNS_DIR", str(tmp_path / "runs"))
+    base = {"seed": 0, "data": {"root": "some/inrs"}}
+    row = {r.name: r for r in tables.INR_ROWS}["ng_gnn"]
+
+    def fake_run(run_id, updates, status, checkpoint=True):
+        d = tmp_path / "runs" / "inr2jls" / str(run_id)
+        d.mkdir(parents=True)
+        cfg = create_run(ex, ex.default_command, config_updates=updates, named_configs=("bench",)).config
+        (d / "config.json").write_text(json.dumps(cfg, default=str))
+        (d / "run.json").write_text(json.dumps({"status": status}))
+        if checkpoint:
+            (d / "inr2jls_recon.step00000010.pt").write_bytes(b"")
+        return d
+
+    want = tables._merge(dict(base), dict(row.updates))
+    fake_run(1, tables._merge({"seed": 1, "data": {"root": "some/inrs"}}, dict(row.updates)), "RUNNING")  # seed 1
+    fake_run(2, dict(base), "RUNNING")  # the default row, same seed
+    fake_run(3, want, "RUNNING", checkpoint=False)  # killed before its first checkpoint
+    assert tables.unfinished_run(ex, ("bench",), want) is None
+    killed = fake_run(4, want, "INTERRUPTED")
+    assert tables.unfinished_run(ex, ("bench",), want) == killed
+    (killed / "run.json").write_text(json.dumps({"status": "COMPLETED"}))  # control: a finished run is not resumed
+    assert tables.unfinished_run(ex, ("bench",), want) is None
