@@ -377,6 +377,15 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def _mean_std(vals: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std over seeds (std 0 for one seed; both None for none). math.fsum: a NaN value (τ of a
+    constant prediction) gives a NaN mean instead of crashing the report."""
+    if not vals:
+        return None, None
+    mean = math.fsum(vals) / len(vals)
+    return mean, (math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0)
+
+
 def collect(table: Table) -> list[dict]:
     rows = []
     for dataset in table.datasets:
@@ -389,10 +398,7 @@ def collect(table: Table) -> list[dict]:
             entry = {"name": row.name, "dataset": dataset, "seeds": [r["seed"] for r in runs],
                      table.metric: [r[table.metric] for r in runs]}
             vals = entry[table.metric]
-            # math.fsum: a NaN value (τ of a constant prediction) gives a NaN mean instead of crashing the report
-            entry["mean"] = math.fsum(vals) / len(vals) if vals else None
-            entry["std"] = (math.sqrt(math.fsum((v - entry["mean"]) ** 2 for v in vals) / (len(vals) - 1))
-                            if len(vals) > 1 else (0.0 if vals else None))
+            entry["mean"], entry["std"] = _mean_std(vals)
             entry["params"] = runs[0]["params"] if runs else None
             entry["train_s"] = statistics.fmean(r["train_s"] for r in runs) if runs else None
             for extra in ("recon_mse_ratio", "r2", "std_ratio", "tau_unseen"):
@@ -512,8 +518,7 @@ def collect_previous(table: Table) -> list[dict]:
             runs = [json.loads(f.read_text()) for f in sorted(row_dir.glob("seed*.json"))]
             vals = [r[table.metric] for r in runs]
             if vals:
-                mean = math.fsum(vals) / len(vals)
-                std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+                mean, std = _mean_std(vals)
                 rows.append({"name": row_dir.name, "dataset": row_dir.parent.name, "seeds": [r["seed"] for r in runs],
                              table.metric: vals, "mean": mean, "std": std})
         if rows:
