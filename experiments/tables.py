@@ -35,6 +35,39 @@ from typing import Callable, Mapping
 RESULTS = Path("results")
 
 
+TUNING_CONFIGS = 3  # configurations every method of the generalization table chooses from on validation
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """A learned row's validation grid (issue #12: every method gets the same tuning budget).
+
+    Each of ``values`` of the Sacred config entry ``key`` (dotted) is run once, on seed ``seed``; the value with
+    the best validation metric (:attr:`Table.val_metric`, the early-stopping metric: test is never read) then
+    configures every seed of the row, and the tuning seed's row file *is* that grid run. ``default`` is the value
+    the row ran with before it was tuned: its row files, which carry no ``tuned`` field, are runs of that value.
+    """
+
+    key: str
+    values: tuple
+    default: object
+    seed: int = 0
+
+    def __post_init__(self):
+        if len(self.values) != TUNING_CONFIGS or self.default not in self.values:
+            raise ValueError(f"a tuning grid has {TUNING_CONFIGS} values including its default; got {self.values} "
+                             f"(default {self.default})")
+
+    def updates(self, value) -> dict:
+        out: dict = {}
+        node = out
+        *path, last = self.key.split(".")
+        for k in path:
+            node = node.setdefault(k, {})
+        node[last] = value
+        return out
+
+
 @dataclass(frozen=True)
 class Row:
     """One row of a table: how to run one seed of it, and how many seeds it gets."""
@@ -51,6 +84,7 @@ class Row:
     # the name of a row whose configuration this row's is, exactly (Table 2's rotation/flip row is the bench
     # default): its runs are that row's, reported under both names, never computed twice
     same_as: str | None = None
+    tune: Tuning | None = None  # a learned row's validation grid; direct rows tune inside their function
 
 
 @dataclass(frozen=True)
@@ -62,6 +96,7 @@ class Table:
     datasets: tuple[str, ...]
     data_folder: Callable[[str], str]  # dataset -> folder name under --data-dir
     rows: tuple[Row, ...]
+    val_metric: str | None = None  # a row result's validation score, what a Tuning grid is chosen by
 
 
 # ------------------------------------------------------------------------------------------------ row results
@@ -90,7 +125,8 @@ def generalization_result(summary: Mapping, run_dir: Path | None, experiment: st
         raise ValueError(f"{run_dir}: not a run of a generalization experiment ({name!r}); pass experiment= one of "
                          f"{GENERALIZATION_EXPERIMENTS}")
     out = {"tau": summary["test"]["kendall_tau"], "r2": summary["test"]["r2"], "params": summary["params"],
-           "train_s": summary["seconds"], "history": _history(run_dir, f"{name}.val.kendall_tau")}
+           "train_s": summary["seconds"], "history": _history(run_dir, f"{name}.val.kendall_tau"),
+           "val_tau": summary.get("best_val_kendall_tau")}
     val = summary.get("val") or {}
     out.update(val_r2=val.get("r2"), std_ratio=val.get("std_ratio"), collapsed=val.get("collapsed"))
     if "test_unseen" in summary:  # the Wild Park: held-out architectures
@@ -170,8 +206,11 @@ def weight_stats_generalization(model_kind: str):
         model = WeightStatsBaseline.fit_tuned(model_kind, xy["train"], xy["val"], kendall_tau, seed=seed)
         check = collapse_check(model.predict(xy["val"][0]), xy["val"][1], f"{dataset}/{model_kind}")
         pred = model.predict(xy["test"][0])
+        tuned = {"key": "alpha" if model.model.value == "ridge" else "learning_rate", "grid": list(model.val_scores),
+                 "val": list(model.val_scores.values()), "chosen": model.hparam, "seed": seed}
         return {"tau": kendall_tau(pred, xy["test"][1]), "r2": r2_score(pred, xy["test"][1]), "params": None,
-                "train_s": time.perf_counter() - t0, "history": [], "val_r2": check["r2"],
+                "train_s": time.perf_counter() - t0, "history": [], "val_tau": model.val_score, "tuned": tuned,
+                "val_r2": check["r2"],
                 "std_ratio": check["std_ratio"], "collapsed": check["collapsed"],
                 "predictions": {"model_id": zoo.ids["test"].tolist(), "target": xy["test"][1].tolist(),
                                 "prediction": pred.tolist()}}
@@ -222,29 +261,37 @@ INR_ROWS = (
         ("per_timestamp_phi_u", {"per_timestamp_update": True}),
         ("shared_phi_m", {"shared_message": True}),
     )),
+    # is the gap to pixel_cnn the bench's step cap? (recon validation MSE still falls at 2,000 steps): 4x both
+    # phases' steps, early stopping unchanged; one seed, a diagnostic beside the table, not a row to tune on test
+    Row("budget_4x", "inr2jls", ("bench",), {"recon": {"steps": 8000}, "cls": {"steps": 8000}}, seeds=1,
+        datasets=("fashion",)),
 )
 _MIXED = "not applicable: needs one architecture (the Wild Park mixes depths, widths, kernels, residuals)"
 _NOT_CHAIN = "not applicable: NFN's layers take a chain of Linear/Conv layers, not attention"
+# The learned rows' budget: TUNING_CONFIGS learning rates around the bench default, chosen on seed 0's validation τ;
+# ridge and StatNN choose from as many configurations inside their function (TUNING_GRIDS), on every seed.
+LR_GRID = Tuning("optim.lr", (3e-4, 1e-3, 3e-3), default=1e-3)
 GENERALIZATION_ROWS = (
-    Row("dng", "cnn_generalization", ("bench",)),
+    Row("dng", "cnn_generalization", ("bench",), tune=LR_GRID),
     # Kofinas et al.'s CNN-zoo configuration: hidden 256, forward edges only (NG-GNN's default), MSE
     Row("ng_gnn", "cnn_generalization", ("bench",), {"encoder": {"kind": "ng_gnn", "ng_gnn": {"hidden_dim": 256}},
-                                                     "head": {"loss": "mse"}}),
-    Row("mlp", "cnn_generalization", ("bench",), {"encoder": {"kind": "mlp"}}, not_applicable={"cnn_wild_park": _MIXED}),
+                                                     "head": {"loss": "mse"}}, tune=LR_GRID),
+    Row("mlp", "cnn_generalization", ("bench",), {"encoder": {"kind": "mlp"}}, not_applicable={"cnn_wild_park": _MIXED},
+        tune=LR_GRID),
     Row("weight_stats_ridge", direct=weight_stats_generalization("ridge"), not_applicable={"cnn_wild_park": _MIXED}),
     Row("statnn", direct=weight_stats_generalization("gbt"), not_applicable={"cnn_wild_park": _MIXED}),
     # NFN (Zhou et al. 2023), the CNN-zoo configuration of its paper, same head / BCE / budget as every learned row
     Row("nfn_np", "cnn_generalization", ("bench",), {"encoder": {"kind": "nfn_np"}},
-        not_applicable={"vit_fashion": _NOT_CHAIN, "cnn_wild_park": _MIXED}),
+        not_applicable={"vit_fashion": _NOT_CHAIN, "cnn_wild_park": _MIXED}, tune=LR_GRID),
     Row("nfn_hnp", "cnn_generalization", ("bench",), {"encoder": {"kind": "nfn_hnp"}},
-        not_applicable={"vit_fashion": _NOT_CHAIN, "cnn_wild_park": _MIXED}),
+        not_applicable={"vit_fashion": _NOT_CHAIN, "cnn_wild_park": _MIXED}, tune=LR_GRID),
 )
 TABLES = {
     "inr": Table("inr_classification", "INR classification (Tables 1, 2, 4, 6)", "test_acc", "test accuracy",
                  ("fashion", "mnist"), lambda d: f"{d}_inrs", INR_ROWS),
     "generalization": Table("generalization", "Generalization prediction (Tables 3, 7)", "tau", "Kendall τ",
                             ("cnn_fashion", "cnn_mnist", "vit_fashion", "cnn_wild_park"), lambda d: d,
-                            GENERALIZATION_ROWS),
+                            GENERALIZATION_ROWS, val_metric="val_tau"),
 }
 # Runs measured under an earlier default of a table's experiment. When a default changes (chosen on validation),
 # the rows it touches are rerun under the new one; their earlier runs are kept, moved (never deleted) to
@@ -256,6 +303,14 @@ PREVIOUS_DEFAULTS = {
                              "hidden state), the INR default until 2026-12-02. The authors' order ('node') won the "
                              "ablation on validation (0.44 / 0.48 against 0.37 / 0.39 / 0.36), so it became the "
                              "default; these runs compare with each other and with `gru_message_as_input`.",
+    },
+    "generalization": {
+        "untuned_lr": "optim.lr=1e-3 for every learned row, untuned (until 2026-12-02). Each learned row now "
+                      "chooses its learning rate from (3e-4, 1e-3, 3e-3) on seed 0's validation τ (the same "
+                      "budget of 3 configurations as ridge and StatNN get); seeds run at 1e-3 stay in the table "
+                      "when 1e-3 was chosen, and are kept here when another value was. Ridge and StatNN runs "
+                      "of the same date are here too: ridge then chose from 6 alphas (1e-3 … 100) and StatNN "
+                      "had one configuration (sklearn's defaults).",
     },
 }
 ROW_RESULT = {"inr2jls": inr_result,
@@ -274,7 +329,9 @@ def row_file(table: Table, dataset: str, row: str, seed: int) -> Path:
     return RESULTS / "rows" / table.name / dataset / row / f"seed{seed}.json"
 
 
-def run_one(table: Table, row: Row, dataset: str, seed: int, data_dir: Path, scale: str) -> dict:
+def run_one(table: Table, row: Row, dataset: str, seed: int, data_dir: Path, scale: str,
+            extra: Mapping | None = None) -> dict:
+    """One seed of ``row``; ``extra``: config updates over the row's own (a tuning grid's value)."""
     root = data_dir / table.data_folder(dataset)
     if row.direct is not None:
         return row.direct(root, dataset, seed)
@@ -286,7 +343,7 @@ def run_one(table: Table, row: Row, dataset: str, seed: int, data_dir: Path, sca
     if table.name == "generalization" and dataset == "cnn_wild_park":
         experiment = "wild_park_generalization"
     ex = importlib.import_module(f"experiments.{experiment}").ex
-    updates = _merge({"seed": seed, "data": {"root": str(root)}}, dict(row.updates))
+    updates = _merge(_merge({"seed": seed, "data": {"root": str(root)}}, dict(row.updates)), dict(extra or {}))
     names = tuple(n for n in row.named_configs if n != "bench" or scale == "bench")
     unfinished = unfinished_run(ex, names, updates)
     if unfinished is not None:  # an interrupted run of exactly this row and seed: continue it, don't start over
@@ -338,32 +395,139 @@ def _merge(a: dict, b: Mapping) -> dict:
     return a
 
 
+def tuning_file(table: Table, dataset: str, row: str, tune: Tuning, value) -> Path:
+    return RESULTS / "rows" / table.name / dataset / row / "tuning" / f"{tune.key}={value}.json"
+
+
+def previous_default_file(table: Table, key: str, dataset: str, row: str, seed: int) -> Path:
+    return RESULTS / "rows" / table.name / "_previous_defaults" / key / dataset / row / f"seed{seed}.json"
+
+
+def _write_row(path: Path, result: dict) -> None:
+    """A row (or tuning) file and its per-net predictions; the json exists only once it is complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    predictions = result.pop("predictions", None)
+    if predictions is not None:  # per-net test predictions, for the paired bootstrap (written before the row)
+        import pandas as pd
+
+        pd.DataFrame(predictions).to_csv(path.with_suffix(".predictions.csv"), index_label="index")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+
+
+def _copy_row(src: Path, dst: Path, provenance: str, **fields) -> None:
+    """Copy a row file (and its predictions) to ``dst``, noting where it came from; ``src`` stays as it is."""
+    result = json.loads(src.read_text())
+    result.update(fields, provenance=provenance)
+    if src.with_suffix(".predictions.csv").is_file():
+        import pandas as pd
+
+        result["predictions"] = pd.read_csv(src.with_suffix(".predictions.csv")).drop(columns="index").to_dict("list")
+    _write_row(dst, result)
+
+
+def _move_row(src: Path, dst: Path, provenance: str) -> None:
+    """Move a row file (and its predictions) out of the table, never overwriting a kept one."""
+    if dst.exists():
+        raise FileExistsError(f"{dst} exists: will not overwrite a kept run with {src}")
+    _copy_row(src, dst, provenance)
+    src.with_suffix(".predictions.csv").unlink(missing_ok=True)
+    src.unlink()
+
+
+def validation_score(table: Table, result: Mapping) -> float:
+    """A finished run's validation score. Runs written before ``val_tau`` was recorded: their best validation τ,
+    which is the largest value of their validation history (early stopping keeps the best; checked equal on
+    runs that have both)."""
+    score = result.get(table.val_metric)
+    if score is None and result.get("history"):
+        score = max(v for _, v in result["history"])
+    if score is None:
+        raise ValueError(f"a {table.name} run has no validation score ({table.val_metric}) to tune on")
+    return float(score)
+
+
+def tune_row(table: Table, row: Row, dataset: str, data_dir: Path, scale: str) -> dict:
+    """Run the missing points of ``row.tune``'s grid on its tuning seed, and choose one on validation.
+
+    The row's untuned run on the tuning seed (a row file without ``tuned``) is the grid's default point: it is
+    copied there, not recomputed. Returns ``{"key", "grid", "val", "chosen", "seed"}``; ties go to the earlier value.
+    """
+    t = row.tune
+    scores = []
+    for value in t.values:
+        path = tuning_file(table, dataset, row.name, t, value)
+        untuned = row_file(table, dataset, row.name, t.seed)
+        if not path.is_file() and value == t.default and untuned.is_file() \
+                and "tuned" not in json.loads(untuned.read_text()):
+            _copy_row(untuned, path, f"the untuned run {untuned} (it ran at the default {t.key}={value})")
+        if not path.is_file():
+            print(f"tuning {dataset}/{row.name}: {t.key}={value} on seed {t.seed} ...", flush=True)
+            t0 = time.perf_counter()
+            result = run_one(table, row, dataset, t.seed, data_dir, scale, t.updates(value))
+            result.update(seed=t.seed, scale=scale, wall_s=time.perf_counter() - t0, **{t.key: value},
+                          date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+            _write_row(path, result)
+        scores.append(validation_score(table, json.loads(path.read_text())))
+    chosen = t.values[max(range(len(scores)), key=lambda i: (scores[i], -i))]
+    print(f"tuned {dataset}/{row.name}: {t.key}={chosen} (validation {table.val_metric} "
+          f"{dict(zip(t.values, [round(x, 4) for x in scores]))})", flush=True)
+    return {"key": t.key, "grid": list(t.values), "val": scores, "chosen": chosen, "seed": t.seed}
+
+
+def _ran_with(result: Mapping, tune: Tuning):
+    return result["tuned"]["chosen"] if "tuned" in result else tune.default
+
+
+def settle_tuned_seeds(table: Table, row: Row, dataset: str, tuned: dict) -> None:
+    """Make the row's seed files runs of the chosen value: runs of another value move to
+    ``_previous_defaults/untuned_lr`` (kept, reported apart); the tuning seed's file is the chosen grid run."""
+    t = row.tune
+    folder = RESULTS / "rows" / table.name / dataset / row.name
+    for f in sorted(folder.glob("seed*.json")):
+        result = json.loads(f.read_text())
+        if _ran_with(result, t) != tuned["chosen"]:
+            seed = int(f.name[len("seed"):].split(".")[0])
+            _move_row(f, previous_default_file(table, "untuned_lr", dataset, row.name, seed),
+                      f"{f}: run at {t.key}={_ran_with(result, t)}; tuning chose {tuned['chosen']}")
+    seed_file = row_file(table, dataset, row.name, t.seed)
+    if not seed_file.is_file():
+        _copy_row(tuning_file(table, dataset, row.name, t, tuned["chosen"]), seed_file,
+                  f"the tuning run {t.key}={tuned['chosen']} (chosen on validation)", tuned=tuned)
+
+
 def run_table(table: Table, rows: list[Row], datasets: list[str], seeds: list[int] | None, data_dir: Path,
               scale: str, command: str) -> None:
     plan = [(d, r, s) for d in datasets for r in rows if r.missing is None and r.same_as is None and applies(r, d)
             and d not in r.not_applicable
             for s in (seeds if seeds is not None else range(r.seeds))]
-    todo = [p for p in plan if not row_file(table, p[0], p[1].name, p[2]).is_file()]
-    print(f"{table.name}: {len(plan)} runs planned, {len(plan) - len(todo)} already done, {len(todo)} to run", flush=True)
+    todo = [p for p in plan if not row_file(table, p[0], p[1].name, p[2]).is_file() or p[1].tune is not None]
+    print(f"{table.name}: {len(plan)} runs planned, {len(plan) - len(todo)} already done (tuned rows are checked "
+          f"as they come), {len(todo)} to run or check", flush=True)
+    tuned: dict[tuple[str, str], dict] = {}
     for i, (dataset, row, seed) in enumerate(todo, 1):
         if not (data_dir / table.data_folder(dataset)).exists():
             print(f"[{i}/{len(todo)}] skip {dataset}/{row.name}: no data at {data_dir / table.data_folder(dataset)}")
             continue
+        extra = {}
+        if row.tune is not None:
+            if (dataset, row.name) not in tuned:
+                tuned[dataset, row.name] = tune_row(table, row, dataset, data_dir, scale)
+                settle_tuned_seeds(table, row, dataset, tuned[dataset, row.name])
+                write_report(table, scale, command)
+            extra = row.tune.updates(tuned[dataset, row.name]["chosen"])
+        path = row_file(table, dataset, row.name, seed)
+        if path.is_file():
+            continue
         print(f"[{i}/{len(todo)}] {dataset}/{row.name} seed {seed} ...", flush=True)
         t0 = time.perf_counter()
-        result = run_one(table, row, dataset, seed, data_dir, scale)
+        result = run_one(table, row, dataset, seed, data_dir, scale, extra)
         result.update(seed=seed, scale=scale, wall_s=time.perf_counter() - t0,
                       date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-        path = row_file(table, dataset, row.name, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        predictions = result.pop("predictions", None)
-        if predictions is not None:  # per-net test predictions, for the paired bootstrap (written before the row)
-            import pandas as pd
-
-            pd.DataFrame(predictions).to_csv(path.with_suffix(".predictions.csv"), index_label="index")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(path)  # a row file exists only once it is complete
+        if row.tune is not None:
+            result["tuned"] = tuned[dataset, row.name]
+        _write_row(path, result)
         write_report(table, scale, command)
 
 
@@ -412,8 +576,27 @@ def collect(table: Table) -> list[dict]:
             entry["history"] = [r.get("history", []) for r in runs]
             if row.same_as:
                 entry["same_as"] = row.same_as
+            tuned = _tuning_summary(table, row, dataset, runs)
+            if tuned is not None:
+                entry["tuned"] = tuned
             rows.append(entry)
     return rows
+
+
+def _tuning_summary(table: Table, row: Row, dataset: str, runs: list[dict]) -> dict | None:
+    """What a row's configuration was chosen from: its grid's validation scores and the value its runs used."""
+    if row.tune is not None:
+        t = row.tune
+        files = {v: tuning_file(table, dataset, row.name, t, v) for v in t.values}
+        done = {v: validation_score(table, json.loads(f.read_text())) for v, f in files.items() if f.is_file()}
+        if not done:
+            return None
+        return {"key": t.key, "grid": list(t.values), "val": [done.get(v) for v in t.values],
+                "ran_with": sorted({_ran_with(r, t) for r in runs})}
+    chosen = [r["tuned"] for r in runs if "tuned" in r]  # direct rows: their own grid, chosen per seed
+    if not chosen:
+        return None
+    return {"key": chosen[0]["key"], "grid": chosen[0]["grid"], "ran_with": sorted({c["chosen"] for c in chosen})}
 
 
 PAIRED_REFERENCE = "dng"  # the paired bootstrap compares this row with every other row of its dataset
@@ -580,19 +763,25 @@ def _generalization_lines(lines: list[str], rows: list[dict], paired: list[dict]
     """The generalization table: τ with the collapse check (validation R², std(pred)/std(target)), unseen τ, paired."""
     head = lines[:lines.index(next(x for x in lines if x.startswith("| dataset")))]
     out = head + ["| dataset | row | Kendall τ | seeds | params | train s | test R² | val std(pred)/std(target) | "
-                  "τ unseen archs |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "τ unseen archs | chosen on validation |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     f = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
         if r["mean"] is None:
-            out.append(f"| {r['dataset']} | {r['name']} | not run: {r.get('not_run', 'pending')} | | | | | | |")
+            out.append(f"| {r['dataset']} | {r['name']} | not run: {r.get('not_run', 'pending')} | | | | | | | |")
             continue
         collapsed = r.get("collapsed_seeds") or []
         ratio = f(r.get("std_ratio")) + (f" **COLLAPSED** (seeds {collapsed})" if collapsed else "")
         out.append(f"| {r['dataset']} | {r['name']} | {r['mean']:.3f} ± {r['std']:.3f} | {len(r['seeds'])} | "
-                   f"{r['params'] or '—'} | {r['train_s']:.0f} | {f(r.get('r2'))} | {ratio} | {f(r.get('tau_unseen'))} |")
+                   f"{r['params'] or '—'} | {r['train_s']:.0f} | {f(r.get('r2'))} | {ratio} | {f(r.get('tau_unseen'))} | "
+                   f"{_tuning_cell(r.get('tuned'))} |")
     out += ["", "A validation std(pred)/std(target) below 0.1 marks a collapsed (near-constant) predictor; its τ is not "
             "meaningful. On `cnn_wild_park` τ is on held-out nets of architectures seen in training and "
             "\"τ unseen archs\" on architectures (depth/width) never seen in training."]
+    out += ["", f"Tuning budget: every method chooses from {TUNING_CONFIGS} configurations on validation τ. Learned "
+            f"rows: `{LR_GRID.key}` in {LR_GRID.values}, each run on seed {LR_GRID.seed}; the best configures every "
+            f"seed (val τ of each value in brackets). Ridge: its alpha, StatNN: the trees' learning rate, "
+            f"chosen on each seed (`dng_tgn.baselines.weight_stats.TUNING_GRIDS`). \"chosen\" lists the value(s) "
+            f"the reported seeds ran with."]
     if paired:
         out += ["", f"## Paired bootstrap over test nets ({paired[0]['n_boot']} resamples, seed-matched "
                       f"predictions, nets matched by model_id)", "",
@@ -600,6 +789,16 @@ def _generalization_lines(lines: list[str], rows: list[dict], paired: list[dict]
         out += [f"| {p['dataset']} | {p['a']} | {p['b']} | {p['delta_tau']:+.3f} | [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | "
                 f"{len(p['seeds'])} | {p['n_nets']} |" for p in paired]
     return out
+
+
+def _tuning_cell(tuned: Mapping | None) -> str:
+    if not tuned:
+        return "—"
+    chosen = ", ".join(f"{v:g}" for v in tuned["ran_with"])
+    if "val" not in tuned:
+        return f"{tuned['key']} {chosen} of {tuple(tuned['grid'])}"
+    vals = ", ".join(f"{g:g}: {'…' if v is None else f'{v:.3f}'}" for g, v in zip(tuned["grid"], tuned["val"]))
+    return f"{tuned['key']} {chosen or '—'} [{vals}]"
 
 
 def _figure(table: Table, rows: list[dict]) -> Path | None:

@@ -148,3 +148,78 @@ def test_a_rerun_resumes_the_unfinished_run_of_exactly_its_row(tmp_path, monkeyp
     assert tables.unfinished_run(ex, ("bench",), want) == killed
     (killed / "run.json").write_text(json.dumps({"status": "COMPLETED"}))  # control: a finished run is not resumed
     assert tables.unfinished_run(ex, ("bench",), want) is None
+
+
+def _tuned_table(tmp_path: Path):
+    (tmp_path / "data" / "zoo").mkdir(parents=True)
+    row = tables.Row("dng", "cnn_generalization", (), tune=tables.LR_GRID)
+    table = tables.Table("toy_gen", "toy", "tau", "Kendall τ", ("zoo",), lambda d: d, (row,), val_metric="val_tau")
+    return table, row, tmp_path / "data"
+
+
+def _fake_runs(monkeypatch, best_lr: float) -> list[tuple[int, float]]:
+    """run_one replaced by a run whose validation τ peaks at ``best_lr``; returns the (seed, lr) of every run."""
+    calls = []
+
+    def run_one(table, row, dataset, seed, data_dir, scale, extra=None):
+        lr = (extra or {}).get("optim", {}).get("lr", 1e-3)
+        calls.append((seed, lr))
+        return {"tau": 0.5 + seed / 100 + lr, "val_tau": 0.9 - abs(lr - best_lr), "r2": 0.5, "params": 7,
+                "train_s": 1.0, "history": [], "predictions": {"model_id": [0, 1, 2], "target": [0.1, 0.2, 0.3],
+                                                               "prediction": [0.1, 0.3, 0.2]}}
+    monkeypatch.setattr(tables, "run_one", run_one)
+    return calls
+
+
+def _untuned(results: Path, seed: int, val_tau: float) -> None:
+    folder = results / "rows" / "toy_gen" / "zoo" / "dng"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"seed{seed}.json").write_text(json.dumps({"seed": seed, "tau": 0.4, "val_tau": val_tau, "r2": 0.5,
+                                                         "params": 7, "train_s": 1.0, "history": []}))
+
+
+def test_a_tuned_row_chooses_its_learning_rate_on_validation_and_keeps_the_untuned_runs_apart(tmp_path, results,
+                                                                                           monkeypatch):
+    """The grid runs on seed 0 (the untuned seed-0 run is the default's point, not rerun); the best validation τ
+    configures every seed; untuned runs of another value move to _previous_defaults, never deleted."""
+    table, row, data_dir = _tuned_table(tmp_path)
+    monkeypatch.setattr(tables, "PREVIOUS_DEFAULTS", {"toy_gen": {"untuned_lr": "lr 1e-3 for the test"}})
+    _untuned(results, 0, 0.5)
+    _untuned(results, 1, 0.6)
+    calls = _fake_runs(monkeypatch, best_lr=3e-3)
+    tables.run_table(table, [row], ["zoo"], [0, 1, 2], data_dir, "default", "cmd")
+    assert calls == [(0, 3e-4), (0, 3e-3), (1, 3e-3), (2, 3e-3)]
+    folder = results / "rows" / "toy_gen" / "zoo" / "dng"
+    runs = {s: json.loads((folder / f"seed{s}.json").read_text()) for s in (0, 1, 2)}
+    assert all(r["tuned"]["chosen"] == 3e-3 for r in runs.values())
+    assert runs[0]["tau"] == pytest.approx(0.503) and "tuning run" in runs[0]["provenance"]
+    assert (folder / "seed0.predictions.csv").is_file()
+    kept = results / "rows" / "toy_gen" / "_previous_defaults" / "untuned_lr" / "zoo" / "dng"
+    assert sorted(p.name for p in kept.glob("seed*.json")) == ["seed0.json", "seed1.json"]
+    assert json.loads((kept / "seed1.json").read_text())["tau"] == 0.4
+    doc = json.loads((results / "toy_gen.json").read_text())
+    (entry,) = doc["rows"]
+    assert entry["tuned"]["ran_with"] == [3e-3] and entry["tuned"]["val"] == pytest.approx([0.8973, 0.5, 0.9])
+    assert doc["previous_defaults"][0]["rows"][0]["tau"] == [0.4, 0.4]
+    assert "optim.lr 0.003 [0.0003: 0.897, 0.001: 0.500, 0.003: 0.900]" in (results / "toy_gen.md").read_text()
+    calls.clear()  # a rerun finds everything done
+    tables.run_table(table, [row], ["zoo"], [0, 1, 2], data_dir, "default", "cmd")
+    assert calls == []
+
+
+def test_when_the_default_wins_the_untuned_runs_stay_in_the_table(tmp_path, results, monkeypatch):
+    """Control of the test above: with the default best on validation, its earlier runs are the row's runs."""
+    table, row, data_dir = _tuned_table(tmp_path)
+    _untuned(results, 0, 0.95)
+    _untuned(results, 1, 0.6)
+    calls = _fake_runs(monkeypatch, best_lr=1e-3)
+    tables.run_table(table, [row], ["zoo"], [0, 1, 2], data_dir, "default", "cmd")
+    assert calls == [(0, 3e-4), (0, 3e-3), (2, 1e-3)]
+    folder = results / "rows" / "toy_gen" / "zoo" / "dng"
+    assert [json.loads((folder / f"seed{s}.json").read_text())["tau"] for s in (0, 1)] == [0.4, 0.4]
+    assert not (results / "rows" / "toy_gen" / "_previous_defaults").exists()
+
+
+def test_a_tuning_grid_must_hold_its_default():
+    with pytest.raises(ValueError, match="3 values including its default"):
+        tables.Tuning("optim.lr", (1e-4, 3e-4, 3e-3), default=1e-3)

@@ -65,6 +65,25 @@ def test_tuned_fit_learns_a_function_of_the_statistics_and_not_noise():
         StatsModel.parse("svm")
 
 
+def test_tuning_tries_every_configuration_of_the_grid_and_keeps_the_best_on_validation():
+    """fit_tuned scores each of the model's TUNING_GRIDS values on validation and keeps the best; the grid really
+    reaches the model (control: the trees' learning rates give different validation scores)."""
+    from dng_tgn.baselines.weight_stats import TUNING_GRIDS
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 8))
+    y = np.tanh(x[:, 0] * x[:, 1]) + 0.3 * x[:, 2] + 0.1 * rng.normal(size=300)
+    train, val = (x[:200], y[:200]), (x[200:], y[200:])
+    for model in (StatsModel.RIDGE, StatsModel.GBT):
+        m = WeightStatsBaseline.fit_tuned(model, train, val, kendall_tau)
+        assert list(m.val_scores) == list(TUNING_GRIDS[model]) and len(m.val_scores) == 3
+        assert m.val_score == max(m.val_scores.values()) and m.val_scores[m.hparam] == m.val_score
+        refit = WeightStatsBaseline(model, m.hparam).fit(*train)
+        assert kendall_tau(refit.predict(val[0]), val[1]) == pytest.approx(m.val_score)
+    gbt = WeightStatsBaseline.fit_tuned(StatsModel.GBT, train, val, kendall_tau)
+    assert len(set(gbt.val_scores.values())) == 3
+
+
 def test_flat_parameters_hold_every_weight_once_per_network():
     torch.manual_seed(0)
     sds = [ZooCNN(channels=4).state_dict() for _ in range(3)]
