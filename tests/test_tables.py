@@ -3,6 +3,7 @@ the pixel-space reference classifier learns what it should."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -223,3 +224,81 @@ def test_when_the_default_wins_the_untuned_runs_stay_in_the_table(tmp_path, resu
 def test_a_tuning_grid_must_hold_its_default():
     with pytest.raises(ValueError, match="3 values including its default"):
         tables.Tuning("optim.lr", (1e-4, 3e-4, 3e-3), default=1e-3)
+
+
+def test_a_collapsed_grid_run_never_wins_the_tuning(tmp_path, results, monkeypatch):
+    """A run whose validation τ was never finite (a constant predictor: val_tau None) scores NaN and loses, also
+    as the grid's first value (compared with NaN, max keeps whichever came first). Control: finite, it wins."""
+    table, row, data_dir = _tuned_table(tmp_path)
+    calls = _fake_runs(monkeypatch, best_lr=3e-3)
+    fake = tables.run_one
+
+    def collapsed_first(table, row, dataset, seed, data_dir, scale, extra=None):
+        out = fake(table, row, dataset, seed, data_dir, scale, extra)
+        if (extra or {}).get("optim", {}).get("lr") == 3e-4:
+            out.update(val_tau=None, history=[[1, float("nan")], [2, float("nan")]])
+        return out
+    monkeypatch.setattr(tables, "run_one", collapsed_first)
+    tuned = tables.tune_row(table, row, "zoo", data_dir, "default")
+    assert tuned["chosen"] == 3e-3 and math.isnan(tuned["val"][0]) and len(calls) == 3
+    old = {"val_tau": None, "history": [[1, float("nan")], [2, 0.7], [3, 0.6]]}  # an untuned file: history only
+    assert tables.validation_score(table, {"history": old["history"]}) == 0.7
+    assert math.isnan(tables.validation_score(table, old))  # val_tau recorded as None: no finite validation
+    monkeypatch.setattr(tables, "run_one", fake)  # control: the same grid with a finite 3e-4 run
+    for f in (results / "rows" / "toy_gen" / "zoo" / "dng" / "tuning").glob("*"):
+        f.unlink()
+    assert tables.tune_row(table, row, "zoo", data_dir, "default")["chosen"] == 3e-3  # still the best
+    monkeypatch.setattr(tables, "run_one", lambda *a, **k: {**fake(*a, **k), "val_tau": 0.99})
+    for f in (results / "rows" / "toy_gen" / "zoo" / "dng" / "tuning").glob("*"):
+        f.unlink()
+    assert tables.tune_row(table, row, "zoo", data_dir, "default")["chosen"] == 3e-4  # finite and tied: the first
+
+
+def test_a_move_killed_after_its_copy_is_finished_by_the_rerun(tmp_path, results, monkeypatch):
+    """settle_tuned_seeds killed between copying an untuned run to _previous_defaults and removing it: the rerun
+    completes the move instead of refusing (FileExistsError on every rerun). Control: a different kept run is
+    never overwritten."""
+    table, row, data_dir = _tuned_table(tmp_path)
+    monkeypatch.setattr(tables, "PREVIOUS_DEFAULTS", {"toy_gen": {"untuned_lr": "lr 1e-3 for the test"}})
+    _untuned(results, 1, 0.6)
+    src = results / "rows" / "toy_gen" / "zoo" / "dng" / "seed1.json"
+    dst = tables.previous_default_file(table, "untuned_lr", "zoo", "dng", 1)
+    tables._copy_row(src, dst, "killed before the unlink")  # the state a kill leaves
+    tuned = {"key": "optim.lr", "grid": list(tables.LR_GRID.values), "val": [0.1, 0.2, 0.9], "chosen": 3e-3,
+             "seed": 0}
+    tables._copy_row(src, tables.tuning_file(table, "zoo", "dng", tables.LR_GRID, 3e-3), "toy grid run")
+    tables.settle_tuned_seeds(table, row, "zoo", tuned)
+    assert not src.exists() and json.loads(dst.read_text())["tau"] == 0.4
+    _untuned(results, 1, 0.6)  # control: another untuned seed-1 run where one is kept already
+    data = json.loads(src.read_text())
+    src.write_text(json.dumps({**data, "tau": 0.41}))
+    with pytest.raises(FileExistsError):
+        tables.settle_tuned_seeds(table, row, "zoo", tuned)
+    assert src.exists() and json.loads(dst.read_text())["tau"] == 0.4
+
+
+def test_a_diverging_learning_rate_counts_as_tried_and_the_report_marks_an_incomplete_grid(tmp_path, results,
+                                                                                         monkeypatch):
+    """A grid run whose loss diverges is written as tried (NaN score) and loses; the table goes on. Before the grid
+    is complete the report marks the row untuned (control: once complete, the mark is gone)."""
+    table, row, data_dir = _tuned_table(tmp_path)
+    _untuned(results, 0, 0.5)
+    tables.write_report(table, "default", "cmd")
+    assert "**untuned** (optim.lr 0.001); grid pending" in (results / "toy_gen.md").read_text()
+    calls = _fake_runs(monkeypatch, best_lr=3e-3)
+    fake = tables.run_one
+
+    def diverging(table, row, dataset, seed, data_dir, scale, extra=None):
+        if (extra or {}).get("optim", {}).get("lr") == 3e-3:
+            calls.append((seed, 3e-3))
+            raise FloatingPointError("toy: training loss became nan at step 3")
+        return fake(table, row, dataset, seed, data_dir, scale, extra)
+    monkeypatch.setattr(tables, "run_one", diverging)
+    tables.run_table(table, [row], ["zoo"], [0, 1], data_dir, "default", "cmd")
+    grid = results / "rows" / "toy_gen" / "zoo" / "dng" / "tuning"
+    assert "diverged" in json.loads((grid / "optim.lr=0.003.json").read_text())
+    runs = [json.loads((results / "rows" / "toy_gen" / "zoo" / "dng" / f"seed{s}.json").read_text()) for s in (0, 1)]
+    assert [r["tuned"]["chosen"] for r in runs] == [3e-4, 3e-4]
+    assert calls == [(0, 3e-4), (0, 3e-3), (1, 3e-4)]
+    md = (results / "toy_gen.md").read_text()
+    assert "untuned" not in md.split("| zoo | dng |")[1].split("\n")[0]
