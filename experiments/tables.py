@@ -733,6 +733,15 @@ def collect_previous(table: Table) -> list[dict]:
     return out
 
 
+def _atomic_text(path: Path, text: str) -> None:
+    """Two table commands (one per dataset, say) re-render the same report: a reader never sees half a file."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_report(table: Table, scale: str, command: str, paired: bool = False) -> None:
     """``paired``: recompute the paired bootstrap (slow: every comparison resamples); otherwise keep the last one."""
     rows = collect(table)
@@ -746,7 +755,7 @@ def write_report(table: Table, scale: str, command: str, paired: bool = False) -
         old = RESULTS / f"{table.name}.json"
         doc["paired"] = (paired_comparisons(table) if paired else
                          json.loads(old.read_text()).get("paired", []) if old.is_file() else [])
-    (RESULTS / f"{table.name}.json").write_text(json.dumps(doc, indent=1))
+    _atomic_text(RESULTS / f"{table.name}.json", json.dumps(doc, indent=1))
     fig = _figure(table, rows)
     lines = [f"# {table.title}", "", f"Scale `{scale}`; machine: {doc['machine']}; date {doc['date']}.",
              f"Command: `{command}`; every row and seed was run (resumably, alone or with others) by "
@@ -780,7 +789,7 @@ def write_report(table: Table, scale: str, command: str, paired: bool = False) -
                   if table.metric == "test_acc" else
                   f"| {r['dataset']} | {r['name']} | {r['mean']:.3f} ± {r['std']:.3f} | {len(r['seeds'])} |"
                   for r in block["rows"]]
-    (RESULTS / f"{table.name}.md").write_text("\n".join(lines) + "\n")
+    _atomic_text(RESULTS / f"{table.name}.md", "\n".join(lines) + "\n")
 
 
 def _generalization_lines(lines: list[str], rows: list[dict], paired: list[dict]) -> list[str]:
