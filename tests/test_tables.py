@@ -302,3 +302,19 @@ def test_a_diverging_learning_rate_counts_as_tried_and_the_report_marks_an_incom
     assert calls == [(0, 3e-4), (0, 3e-3), (1, 3e-4)]
     md = (results / "toy_gen.md").read_text()
     assert "untuned" not in md.split("| zoo | dng |")[1].split("\n")[0]
+
+
+def test_a_tuned_pixel_row_trains_at_the_grid_value(tmp_path, monkeypatch):
+    """The INR grid reaches the direct pixel-CNN rows (control: untuned, they train at the bench default)."""
+    import dng_tgn.baselines.pixel_cnn as pc
+
+    seen = []
+    monkeypatch.setattr(pc, "source_images", lambda root: {s: (None, None) for s in ("train", "val", "test")})
+    monkeypatch.setattr(pc, "train_pixel_classifier", lambda splits, **kw: seen.append(kw["lr"]) or
+                        {"test_acc": 0.5, "params": 1, "train_s": 1.0, "best_step": 1, "best_val": 0.4})
+    row = next(r for r in tables.INR_ROWS if r.name == "pixel_cnn")
+    table = tables.TABLES["inr"]
+    out = tables.run_one(table, row, "fashion", 0, tmp_path, "bench", tables.INR_LR_GRID.updates(3e-3))
+    tables.run_one(table, row, "fashion", 0, tmp_path, "bench")
+    assert seen == [3e-3, 1e-3] and out["val_acc"] == 0.4
+    assert tables.INR_LR_GRID.updates(3e-4) == {"cls": {"lr": 3e-4}, "recon": {"lr": 3e-4}}
