@@ -838,7 +838,9 @@ def _generalization_lines(lines: list[str], rows: list[dict], paired: list[dict]
     out += ["", f"Tuning budget: every method chooses from {TUNING_CONFIGS} configurations on validation τ. Learned "
             f"rows: `{LR_GRID.key}` in {LR_GRID.values}, each run on seed {LR_GRID.seed}; the best configures every "
             f"seed (val τ of each value in brackets). Ridge: its alpha, StatNN: the trees' learning rate, "
-            f"chosen on each seed (`dng_tgn.baselines.weight_stats.TUNING_GRIDS`). The last column lists the value(s) "
+            f"chosen on each seed (`dng_tgn.baselines.weight_stats.TUNING_GRIDS`; both are deterministic given the "
+            f"split, sklearn's trees draw nothing below 10,000 samples, so their seeds repeat one number: ± 0.000). "
+            f"The last column lists the value(s) "
             f"the reported seeds ran with; **untuned** marks a learned row whose grid is not complete yet (its runs "
             f"are the untuned default's, lr 1e-3, and compare with the tuned rows only as such)."]
     if paired:

@@ -36,7 +36,7 @@ from ..graph.events import NodeKind
 from ..graph.features import RandomFourierFeatures
 from ..nn.paths import ExecutionPath, resolve_path, validate_path
 from ..nn.segment import segment_sum
-from .ng_gnn import union_edges
+from .ng_gnn import edge_mlp, union_edges
 
 __all__ = ["ScalarEncoder", "PhiPair", "StaticMPNN", "DynamicMPNN", "ActivationFitter", "input_node_values"]
 
@@ -101,7 +101,7 @@ class PhiPair(nn.Module):
 
         ``path`` is already resolved, once per forward by the caller rather than once per round.
         """
-        m = self.message(torch.cat([h_src[src_local], e], dim=1))
+        m = edge_mlp(self.message, [(h_src, src_local), (e, None)])  # = message(cat([h_src[src], e]))
         agg = segment_sum(m, src_local, dst_local, h_src.shape[0], h_dst.shape[0], path)
         return self.update(torch.cat([agg, h_dst], dim=1))
 
@@ -194,7 +194,7 @@ class StaticMPNN(ActivationFitter):
             h = self.phi(k)(h, e, h, edges.src, edges.dst, path)
             if self.edge_updates and k < self.num_layers - 1:
                 phi_e = self.edge_updates[0 if self.share_weights else k]
-                e = phi_e(torch.cat([e, h[edges.src], h[edges.dst]], dim=1))
+                e = edge_mlp(phi_e, [(e, None), (h, edges.src), (h, edges.dst)])  # = phi_e(cat([e, h_j, h_i]))
         return h
 
 
