@@ -631,10 +631,9 @@ def _tuning_summary(table: Table, row: Row, dataset: str, runs: list[dict]) -> d
         t = row.tune
         files = {v: tuning_file(table, dataset, row.name, t, v) for v in t.values}
         done = {v: validation_score(table, json.loads(f.read_text())) for v, f in files.items() if f.is_file()}
-        # runs exist but the grid is not complete: they are the untuned default's, whatever a report says mid-grid
+        # an incomplete grid: the runs there are are the untuned default's, whatever a report says mid-grid
         return {"key": t.label, "grid": list(t.values), "val": [done.get(v) for v in t.values],
-                "ran_with": sorted({_ran_with(r, t) for r in runs}),
-                "pending": len(done) < len(t.values) or any("tuned" not in r for r in runs)}
+                "ran_with": sorted({_ran_with(r, t) for r in runs}), "pending": len(done) < len(t.values)}
     chosen = [r["tuned"] for r in runs if "tuned" in r]  # direct rows: their own grid, chosen per seed
     if not chosen:
         return None
