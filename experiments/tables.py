@@ -135,8 +135,11 @@ def generalization_result(summary: Mapping, run_dir: Path | None, experiment: st
            "val_tau": summary.get("best_val_kendall_tau")}
     val = summary.get("val") or {}
     out.update(val_r2=val.get("r2"), std_ratio=val.get("std_ratio"), collapsed=val.get("collapsed"))
-    if "test_unseen" in summary:  # the Wild Park: held-out architectures
+    if "test_unseen" in summary:  # the Wild Park: held-out architectures, all and by kind
         out["tau_unseen"] = summary["test_unseen"]["kendall_tau"]
+        for kind in ("depth", "width"):
+            if f"test_unseen_{kind}" in summary:
+                out[f"tau_unseen_{kind}"] = summary[f"test_unseen_{kind}"]["kendall_tau"]
     if run_dir is not None and (run_dir / f"{name}_test_predictions.csv").is_file():
         import pandas as pd
 
@@ -614,7 +617,7 @@ def collect(table: Table) -> list[dict]:
             entry["mean"], entry["std"] = _mean_std(vals)
             entry["params"] = runs[0]["params"] if runs else None
             entry["train_s"] = statistics.fmean(r["train_s"] for r in runs) if runs else None
-            for extra in ("recon_mse_ratio", "r2", "std_ratio", "tau_unseen"):
+            for extra in ("recon_mse_ratio", "r2", "std_ratio", "tau_unseen", "tau_unseen_depth", "tau_unseen_width"):
                 if runs and extra in runs[0]:
                     xs = [r[extra] for r in runs if r[extra] is not None]
                     entry[extra] = statistics.fmean(xs) if xs else None
@@ -836,11 +839,12 @@ def _generalization_lines(lines: list[str], rows: list[dict], paired: list[dict]
         collapsed = r.get("collapsed_seeds") or []
         ratio = f(r.get("std_ratio")) + (f" **COLLAPSED** (seeds {collapsed})" if collapsed else "")
         out.append(f"| {r['dataset']} | {r['name']} | {r['mean']:.3f} ± {r['std']:.3f} | {len(r['seeds'])} | "
-                   f"{r['params'] or '—'} | {r['train_s']:.0f} | {f(r.get('r2'))} | {ratio} | {f(r.get('tau_unseen'))} | "
+                   f"{r['params'] or '—'} | {r['train_s']:.0f} | {f(r.get('r2'))} | {ratio} | {_unseen_cell(r)} | "
                    f"{_tuning_cell(r.get('tuned'))} |")
     out += ["", "A validation std(pred)/std(target) below 0.1 marks a collapsed (near-constant) predictor; its τ is not "
             "meaningful. On `cnn_wild_park` τ is on held-out nets of architectures seen in training and "
-            "\"τ unseen archs\" on architectures (depth/width) never seen in training."]
+            "\"τ unseen archs\" on architectures (depth/width) never seen in training; in brackets the two kinds apart: "
+            "unseen depth (4) and unseen width (12) at a seen depth."]
     out += ["", f"Tuning budget: every method chooses from {TUNING_CONFIGS} configurations on validation τ. Learned "
             f"rows: `{LR_GRID.key}` in {LR_GRID.values}, each run on seed {LR_GRID.seed}; the best configures every "
             f"seed (val τ of each value in brackets). Ridge: its alpha, StatNN: the trees' learning rate, "
@@ -856,6 +860,14 @@ def _generalization_lines(lines: list[str], rows: list[dict], paired: list[dict]
         out += [f"| {p['dataset']} | {p['a']} | {p['b']} | {p['delta_tau']:+.3f} | [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | "
                 f"{len(p['seeds'])} | {p['n_nets']} |" for p in paired]
     return out
+
+
+def _unseen_cell(r: Mapping) -> str:
+    """τ on unseen architectures, with its two kinds where the runs scored them (older runs: the union only)."""
+    if r.get("tau_unseen") is None:
+        return "—"
+    kinds = [f"{k} {r[f'tau_unseen_{k}']:.3f}" for k in ("depth", "width") if r.get(f"tau_unseen_{k}") is not None]
+    return f"{r['tau_unseen']:.3f}" + (f" ({', '.join(kinds)})" if kinds else "")
 
 
 def _tuning_cell(tuned: Mapping | None) -> str:

@@ -334,6 +334,14 @@ def test_wild_park_experiment_reports_seen_and_unseen(park, tmp_path, runs_root)
     for split, df in (("test", test), ("test_unseen", unseen)):
         assert (m.loc[df.model_id, "split"] == split).all()
         assert np.allclose(m.loc[df.model_id, "test_accuracy"], df.target)
+    # the unseen nets are also scored by kind: unseen depth, and unseen width at a seen depth; together all of them
+    kinds = {k: pd.read_csv(d / f"wild_park_generalization_test_unseen_{k}_predictions.csv")
+             for k in ("depth", "width") if f"test_unseen_{k}" in r.result}
+    assert sorted(pd.concat(kinds.values()).model_id) == sorted(unseen.model_id)
+    for k, df in kinds.items():
+        is_deep = m.loc[df.model_id, "depth"].isin([4])
+        assert (is_deep if k == "depth" else ~is_deep).all()  # control: the other kind's nets are not in it
+        assert row[f"tau_unseen_{k}"] == r.result[f"test_unseen_{k}"]["kendall_tau"]
     # baselines that need one architecture refuse the mixed zoo by name
     with pytest.raises(ValueError, match="one architecture"):
         ex.run(config_updates=dict(upd, encoder={"kind": "nfn_hnp"}), options={"--capture": "no"})

@@ -254,6 +254,12 @@ class StreamSet:
     def __len__(self):
         return len(self.targets)
 
+    def subset(self, idx) -> "StreamSet":
+        """The networks at positions ``idx``, in that order."""
+        idx = [int(i) for i in idx]
+        return StreamSet([self.streams[i] for i in idx], self.targets[idx],
+                         None if self.archs is None else [self.archs[i] for i in idx])
+
     def batch(self, idx):
         from ..graph.batch import batch_streams
 

@@ -125,9 +125,11 @@ def load_wild_park(root: Path, limit: int | None = None) -> GeneralizationData:
     """A CNN Wild Park folder (``build_wild_park``'s): mixed architectures as pre-converted event streams.
 
     train / val / test hold networks of *seen* architectures; ``extra_tests["test_unseen"]`` those of architectures
-    whose depth or width no training network has (scored like test, reported as ``test_unseen``).
+    whose depth or width no training network has (scored like test, reported as ``test_unseen``), and, scored
+    apart, its two kinds: ``test_unseen_depth`` (an unseen depth) and ``test_unseen_width`` (a seen depth with an
+    unseen width), since a model can generalise to one and not the other.
     """
-    from ..data.wild_park import StreamSet, WildParkDataset
+    from ..data.wild_park import UNSEEN_DEPTHS, StreamSet, WildParkDataset
 
     def load(split):
         ds = open_split(lambda s: WildParkDataset(root, s), root, split, "Wild Park", WILD_PARK_BUILD)
@@ -142,8 +144,12 @@ def load_wild_park(root: Path, limit: int | None = None) -> GeneralizationData:
     info = {"architectures": {"train": len(seen), "test_unseen": len({str(a) for a in unseen.archs})}}
     if any(str(a) in seen for a in unseen.archs):
         raise ValueError(f"{root}: an unseen-architecture network has a training architecture; the split is wrong")
-    return GeneralizationData(train, val, test, num_outputs=10, num_slots=k, info=info,
-                              extra_tests={"test_unseen": unseen}, ids=ids)
+    extra = {"test_unseen": unseen}
+    deep = np.array([len(a["widths"]) in UNSEEN_DEPTHS for a in unseen.archs])
+    for name, mask in (("test_unseen_depth", deep), ("test_unseen_width", ~deep)):
+        if mask.any():  # a zoo may hold only one kind
+            extra[name], ids[name] = unseen.subset(np.flatnonzero(mask)), ids["test_unseen"][mask]
+    return GeneralizationData(train, val, test, num_outputs=10, num_slots=k, info=info, extra_tests=extra, ids=ids)
 
 
 @torch.no_grad()
