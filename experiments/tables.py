@@ -196,6 +196,9 @@ def pixel_cnn(rendered: bool):
             else:
                 _PIXEL_SPLITS[key] = source_images(root)
         splits = _PIXEL_SPLITS[key]
+        unknown = sorted(set(overrides or {}) - {"cls", "recon"})  # recon: the INR grid's other phase, none here
+        if unknown:
+            raise ValueError(f"pixel_cnn rows take only cls.* overrides (a tuning grid), got {unknown}")
         cls = _merge(dict(BENCH["cls"]), (overrides or {}).get("cls", {}))  # a tuning grid's learning rate
         out = train_pixel_classifier(splits, seed=seed, steps=cls["steps"], batch_size=cls["batch_size"], lr=cls["lr"],
                                      weight_decay=cls["weight_decay"], eval_every=cls["eval_every"], patience=cls["patience"],
@@ -642,8 +645,13 @@ def _tuning_summary(table: Table, row: Row, dataset: str, runs: list[dict]) -> d
         files = {v: tuning_file(table, dataset, row.name, t, v) for v in t.values}
         done = {v: validation_score(table, json.loads(f.read_text())) for v, f in files.items() if f.is_file()}
         # an incomplete grid: the runs there are are the untuned default's, whatever a report says mid-grid
-        return {"key": t.label, "grid": list(t.values), "val": [done.get(v) for v in t.values],
-                "ran_with": sorted({_ran_with(r, t) for r in runs}), "pending": len(done) < len(t.values)}
+        ran_with = sorted({_ran_with(r, t) for r in runs})
+        finite = {v: x for v, x in done.items() if math.isfinite(x)}
+        best = max(finite, key=lambda v: (finite[v], -t.values.index(v))) if finite else None
+        # pending: the grid is incomplete, or its runs are not (yet) at its best value (a report rendered between
+        # tuning and settling the seeds)
+        return {"key": t.label, "grid": list(t.values), "val": [done.get(v) for v in t.values], "ran_with": ran_with,
+                "pending": len(done) < len(t.values) or (bool(runs) and ran_with != [best])}
     chosen = [r["tuned"] for r in runs if "tuned" in r]  # direct rows: their own grid, chosen per seed
     if not chosen:
         return None

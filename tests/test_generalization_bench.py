@@ -347,6 +347,42 @@ def test_wild_park_experiment_reports_seen_and_unseen(park, tmp_path, runs_root)
         ex.run(config_updates=dict(upd, encoder={"kind": "nfn_hnp"}), options={"--capture": "no"})
 
 
+@pytest.fixture(scope="module")
+def park_both_kinds(tmp_path_factory):
+    """A tiny park whose unseen nets include both kinds (`park`'s two unseen architectures are both depth 5)."""
+    from dng_tgn.data import build_wild_park
+
+    out = tmp_path_factory.mktemp("park2") / "park"
+    build_wild_park.main(["--preset", "tiny", "--dataset", "digits", "--n-archs", "8", "--nets-per-arch", "4",
+                          "--unseen-fraction", "0.5", "--max-steps", "4", "--n-eval", "100", "--device", "cpu",
+                          "--out", str(out)])
+    return out
+
+
+def test_wild_park_unseen_kinds_name_each_net_by_its_model_id(park_both_kinds):
+    """test_unseen_depth / test_unseen_width: each item's id is its own net's model_id (arch and accuracy agree
+    with metrics.csv), the kinds split by depth and together are test_unseen (control: shifted ids fail)."""
+    from dng_tgn.data.wild_park import arch_key
+    from dng_tgn.tasks.generalization import load_wild_park
+
+    m = pd.read_csv(park_both_kinds / "metrics.csv").set_index("model_id")
+    data = load_wild_park(park_both_kinds)
+
+    def named_right(ids, subset):
+        return (list(m.loc[ids, "arch"]) == [arch_key(a) for a in subset.archs]
+                and np.allclose(m.loc[ids, "test_accuracy"], subset.targets.numpy()))
+
+    kinds = {k: data.extra_tests[f"test_unseen_{k}"] for k in ("depth", "width")}  # both kinds present
+    for k, subset in kinds.items():
+        ids = data.ids[f"test_unseen_{k}"]
+        assert named_right(ids, subset) and len(set(m.loc[ids, "arch"])) > 1
+        assert (m.loc[ids, "depth"].eq(4) if k == "depth" else m.loc[ids, "depth"].ne(4)).all()
+        assert (m.loc[ids, "split"] == "test_unseen").all()
+        assert not named_right(np.roll(ids, 1), subset)  # control: the check sees ids moved by one net
+    assert sorted(np.concatenate([data.ids["test_unseen_depth"], data.ids["test_unseen_width"]])) == \
+        sorted(data.ids["test_unseen"])
+
+
 def test_row_result_names_come_from_the_experiment_not_the_path(tmp_path):
     """A CNN run kept under a runs folder whose path says "vit" still reads the CNN run's curve and predictions."""
     run_dir = tmp_path / "vit_runs" / "cnn_generalization" / "1"

@@ -451,3 +451,34 @@ def test_static_mpnn_projects_nodes_once_and_computes_the_concatenating_formula(
     with torch.no_grad():
         model.edge_updates[0][0].weight.add_(0.5)
     assert not torch.allclose(model.embed(batch, inputs), ref, atol=1e-3)
+
+
+def test_dynamic_mpnn_message_gathers_source_states_not_target_features():
+    """DynamicMPNN's PhiPair gets S source states and D target features (different tensors, different sizes):
+    edge_mlp's message equals message(cat([h_src[src_local], e])) (control: reading the targets' features instead
+    of the sources' states gives another output)."""
+    from dng_tgn.baselines import DynamicMPNN
+    from dng_tgn.nn.paths import ExecutionPath
+    from dng_tgn.nn.segment import segment_sum
+
+    data, _, _ = _tiny_data()
+    batch, inputs, _ = data.batch(torch.arange(3))
+    torch.manual_seed(0)
+    model = DynamicMPNN(hidden_dim=8, num_layers=3, fourier_size=2)
+
+    def reference(wrong: bool = False):
+        v0 = model.initial_nodes(batch, inputs)
+        s = v0
+        for t, step in enumerate(batch.steps, start=1):
+            e, phi = model.edge_enc(step.weight), model.phi(t - 1)
+            h_src, h_dst = s[step.src_nodes], v0[step.dst_nodes]
+            msg_in = h_dst[step.dst_local] if wrong else h_src[step.src_local]
+            m = phi.message(torch.cat([msg_in, e], dim=1))
+            agg = segment_sum(m, step.src_local, step.dst_local, h_src.shape[0], h_dst.shape[0], ExecutionPath.TORCH)
+            s = s.index_copy(0, step.dst_nodes, phi.update(torch.cat([agg, h_dst], dim=1)))
+        return s
+
+    assert any(st.src_nodes.numel() != st.dst_nodes.numel() for st in batch.steps)  # S != D somewhere
+    fast = model.embed(batch, inputs)
+    assert torch.allclose(fast, reference(), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(fast, reference(wrong=True), atol=1e-3)

@@ -320,3 +320,17 @@ def test_a_tuned_pixel_row_trains_at_the_grid_value(tmp_path, monkeypatch):
     tables.run_one(table, row, "fashion", 0, tmp_path, "bench")
     assert seen == [3e-3, 1e-3] and out["val_acc"] == 0.4
     assert tables.INR_LR_GRID.updates(3e-4) == {"cls": {"lr": 3e-4}, "recon": {"lr": 3e-4}}
+
+
+def test_runs_not_at_the_grids_best_value_are_reported_untuned(tmp_path, results):
+    """A complete grid whose best value the seeds have not been run at yet (a report between tuning and the seeds)
+    is still marked pending; control: seeds at the best value are not."""
+    table, row, _ = _tuned_table(tmp_path)
+    grid = results / "rows" / "toy_gen" / "zoo" / "dng" / "tuning"
+    grid.mkdir(parents=True)
+    for lr, val in ((3e-4, 0.5), (1e-3, 0.6), (3e-3, 0.7)):
+        (grid / f"optim.lr={lr}.json").write_text(json.dumps({"val_tau": val, "tau": 0.1}))
+    old = [{"seed": 0, "tau": 0.4}]  # no "tuned": ran at the default 1e-3
+    assert tables._tuning_summary(table, row, "zoo", old)["pending"]
+    new = [{"seed": 0, "tau": 0.4, "tuned": {"chosen": 3e-3}}]
+    assert not tables._tuning_summary(table, row, "zoo", new)["pending"]
