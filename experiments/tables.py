@@ -167,11 +167,9 @@ def weight_stats_inr(root: Path, dataset: str, seed: int) -> dict:
     xy = {s: (weight_statistics(d.params), d.targets.numpy()) for s, d in sets.items()}
     acc = lambda p, y: float((p == y).mean())  # noqa: E731
     model = WeightStatsBaseline.fit_tuned(StatsModel.LOGISTIC, xy["train"], xy["val"], acc, seed=seed)
-    tuned = {"key": "alpha", "grid": list(model.val_scores), "val": list(model.val_scores.values()),
-             "chosen": model.hparam, "seed": seed}
     return {"test_acc": acc(model.predict(xy["test"][0]), xy["test"][1]), "params": int(xy["train"][0].shape[1] * 10),
             "train_s": time.perf_counter() - t0, "recon_mse_ratio": None, "history": [], "val_acc": model.val_score,
-            "tuned": tuned}
+            "tuned": model.tuning_record()}
 
 
 _PIXEL_SPLITS: dict[tuple[str, bool], dict] = {}  # (root, rendered) -> splits: the seeds of a row load them once
@@ -221,10 +219,9 @@ def weight_stats_generalization(model_kind: str):
         model = WeightStatsBaseline.fit_tuned(model_kind, xy["train"], xy["val"], kendall_tau, seed=seed)
         check = collapse_check(model.predict(xy["val"][0]), xy["val"][1], f"{dataset}/{model_kind}")
         pred = model.predict(xy["test"][0])
-        tuned = {"key": "alpha" if model.model.value == "ridge" else "learning_rate", "grid": list(model.val_scores),
-                 "val": list(model.val_scores.values()), "chosen": model.hparam, "seed": seed}
         return {"tau": kendall_tau(pred, xy["test"][1]), "r2": r2_score(pred, xy["test"][1]), "params": None,
-                "train_s": time.perf_counter() - t0, "history": [], "val_tau": model.val_score, "tuned": tuned,
+                "train_s": time.perf_counter() - t0, "history": [], "val_tau": model.val_score,
+                "tuned": model.tuning_record(),
                 "val_r2": check["r2"],
                 "std_ratio": check["std_ratio"], "collapsed": check["collapsed"],
                 "predictions": {"model_id": zoo.ids["test"].tolist(), "target": xy["test"][1].tolist(),
@@ -444,6 +441,11 @@ def previous_default_file(table: Table, key: str, dataset: str, row: str, seed: 
     return RESULTS / "rows" / table.name / "_previous_defaults" / key / dataset / row / f"seed{seed}.json"
 
 
+def seed_of(path: Path) -> int:
+    """k of ``seed<k>.json`` / ``seed<k>.predictions.csv``."""
+    return int(path.name[len("seed"):].split(".")[0])
+
+
 def _write_row(path: Path, result: dict) -> None:
     """A row (or tuning) file and its per-net predictions; the json exists only once it is complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -495,6 +497,14 @@ def validation_score(table: Table, result: Mapping) -> float:
     return math.nan if score is None or not math.isfinite(score) else float(score)
 
 
+def best_value(values: tuple, scores: list[float | None]):
+    """The value of the best finite validation score (ties: the earlier value); None if no score is finite. A NaN
+    or missing score (a collapsed run, a grid point not run) never wins: compared with NaN, max would keep
+    whichever came first."""
+    finite = [i for i, x in enumerate(scores) if x is not None and math.isfinite(x)]
+    return values[max(finite, key=lambda i: (scores[i], -i))] if finite else None
+
+
 def tune_row(table: Table, row: Row, dataset: str, data_dir: Path, scale: str) -> dict:
     """Run the missing points of ``row.tune``'s grid on its tuning seed, and choose one on validation.
 
@@ -522,12 +532,10 @@ def tune_row(table: Table, row: Row, dataset: str, data_dir: Path, scale: str) -
                           date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
             _write_row(path, result)
         scores.append(validation_score(table, json.loads(path.read_text())))
-    if not any(math.isfinite(x) for x in scores):
+    chosen = best_value(t.values, scores)
+    if chosen is None:
         raise RuntimeError(f"tuning {dataset}/{row.name}: no value of {t.key} gave a finite validation "
                            f"{table.val_metric}: {dict(zip(t.values, scores))}")
-    # a NaN score (a collapsed run) never wins: compared with NaN, max would keep whichever came first
-    chosen = t.values[max(range(len(scores)), key=lambda i: (scores[i] if math.isfinite(scores[i]) else -math.inf,
-                                                             -i))]
     print(f"tuned {dataset}/{row.name}: {t.key}={chosen} (validation {table.val_metric} "
           f"{dict(zip(t.values, [round(x, 4) for x in scores]))})", flush=True)
     return {"key": t.label, "grid": list(t.values), "val": scores, "chosen": chosen, "seed": t.seed}
@@ -549,8 +557,7 @@ def settle_tuned_seeds(table: Table, row: Row, dataset: str, tuned: dict) -> Non
                                f"{tuned['chosen']} (were files under tuning/ changed?); move it out of the table "
                                f"by hand, naming why, before rerunning")
         if _ran_with(result, t) != tuned["chosen"]:
-            seed = int(f.name[len("seed"):].split(".")[0])
-            _move_row(f, previous_default_file(table, "untuned_lr", dataset, row.name, seed),
+            _move_row(f, previous_default_file(table, "untuned_lr", dataset, row.name, seed_of(f)),
                       f"{f}: run at {t.key}={_ran_with(result, t)}; tuning chose {tuned['chosen']}")
     seed_file = row_file(table, dataset, row.name, t.seed)
     if not seed_file.is_file():
@@ -652,12 +659,11 @@ def _tuning_summary(table: Table, row: Row, dataset: str, runs: list[dict]) -> d
         done = {v: validation_score(table, json.loads(f.read_text())) for v, f in files.items() if f.is_file()}
         # an incomplete grid: the runs there are are the untuned default's, whatever a report says mid-grid
         ran_with = sorted({_ran_with(r, t) for r in runs})
-        finite = {v: x for v, x in done.items() if math.isfinite(x)}
-        best = max(finite, key=lambda v: (finite[v], -t.values.index(v))) if finite else None
+        val = [done.get(v) for v in t.values]
         # pending: the grid is incomplete, or its runs are not (yet) at its best value (a report rendered between
         # tuning and settling the seeds)
-        return {"key": t.label, "grid": list(t.values), "val": [done.get(v) for v in t.values], "ran_with": ran_with,
-                "pending": len(done) < len(t.values) or (bool(runs) and ran_with != [best])}
+        return {"key": t.label, "grid": list(t.values), "val": val, "ran_with": ran_with,
+                "pending": len(done) < len(t.values) or (bool(runs) and ran_with != [best_value(t.values, val)])}
     chosen = [r["tuned"] for r in runs if "tuned" in r]  # direct rows: their own grid, chosen per seed
     if not chosen:
         return None
@@ -687,7 +693,7 @@ def paired_comparisons(table: Table, n_boot: int | None = None) -> list[dict]:
     def preds(dataset, row):  # seed -> predictions indexed by model_id; each file read (and warned about) once
         if (dataset, row) not in cache:
             folder = RESULTS / "rows" / table.name / dataset / row
-            files = {int(f.name[len("seed"):].split(".")[0]): _keyed_predictions(f)
+            files = {seed_of(f): _keyed_predictions(f)
                      for f in sorted(folder.glob("seed*.predictions.csv"))}
             cache[dataset, row] = {k: df for k, df in files.items() if df is not None}
         return cache[dataset, row]
@@ -825,7 +831,8 @@ def write_report(table: Table, scale: str, command: str, paired: bool = False) -
                   f"accuracy: the learned rows and the pixel CNNs one learning rate (`{INR_LR_GRID.key}`, for both "
                   f"phases) in {INR_LR_GRID.values}, each run on seed {INR_LR_GRID.seed}, the best configuring every "
                   f"seed (val accuracy of each value in brackets); weight_stats its regularisation on each seed. "
-                  f"**untuned** marks a row whose grid is not complete (its runs are at the bench default, 1e-3). "
+                  f"**untuned** marks a row whose grid is not complete (its runs are at {INR_LR_GRID.default:g}, the rows' "
+                  f"learning rate before the grids). "
                   f"Table 2's variants and the ablations are the INR default with one change each, untuned."]
     if table.metric == "tau":
         lines = _generalization_lines(lines, rows, doc["paired"])
@@ -866,7 +873,7 @@ def _generalization_lines(lines: list[str], rows: list[dict], paired: list[dict]
             f"split, sklearn's trees draw nothing below 10,000 samples, so their seeds repeat one number: ± 0.000). "
             f"The last column lists the value(s) "
             f"the reported seeds ran with; **untuned** marks a learned row whose grid is not complete yet (its runs "
-            f"are the untuned default's, lr 1e-3, and compare with the tuned rows only as such)."]
+            f"are the untuned default's, lr {LR_GRID.default:g}, and compare with the tuned rows only as such)."]
     if paired:
         out += ["", f"## Paired bootstrap over test nets ({paired[0]['n_boot']} resamples, seed-matched "
                       f"predictions, nets matched by model_id)", "",

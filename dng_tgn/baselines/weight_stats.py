@@ -120,3 +120,8 @@ class WeightStatsBaseline:
             raise RuntimeError(f"no {model.value} fit gave a finite validation score: {scores}")
         best.val_score, best.val_scores = best_score, scores
         return best
+
+    def tuning_record(self) -> dict:
+        """What :meth:`fit_tuned` chose from and chose (the tables' ``tuned`` field)."""
+        return {"key": "learning_rate" if self.model is StatsModel.GBT else "alpha", "grid": list(self.val_scores),
+                "val": list(self.val_scores.values()), "chosen": self.hparam, "seed": self.seed}
